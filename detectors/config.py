@@ -1,0 +1,208 @@
+"""Every threshold of the detector core, with its default and why.
+
+`DetectionConfig` is a frozen pydantic model: the runners build it from `streams.settings.Settings`
+(environment variables `FRUSTRATION_DETECTION__<FIELD>`), tests build it directly. Units are in the
+names: `_ms` is milliseconds of event time, `_px` page pixels.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from signals.exceptions import ConfigurationError
+
+# Controls people click fast on purpose: steppers, carousels, pagers, calendars.
+DEFAULT_STEPPER_LABELS = (
+    "+", "-", "−", "–", "—", ">", "<", "›", "‹", "»", "«", "→", "←", "↑", "↓", "^", "v",
+    "next", "previous", "prev", "back", "forward", "more", "less", "increase", "decrease",
+    "increment", "decrement", "up", "down", "add", "remove", "plus", "minus", "zoom in", "zoom out",
+)  # fmt: skip
+DEFAULT_STEPPER_LABEL_PREFIXES = ("next ", "previous ", "prev ", "go to next", "go to previous")
+DEFAULT_IGNORED_ROLES = (
+    "spinbutton", "slider", "tab", "scrollbar", "switch", "checkbox", "radio", "option",
+    "textbox", "searchbox", "combobox", "menuitemcheckbox", "menuitemradio",
+)  # fmt: skip
+DEFAULT_IGNORED_INPUT_TYPES = (
+    "number", "range", "text", "email", "password", "search", "tel", "url", "date",
+    "datetime-local", "month", "week", "time", "color", "checkbox", "radio", "file",
+)  # fmt: skip
+DEFAULT_IGNORED_ELEMENTS = ("canvas", "video", "audio", "select", "option", "textarea", "iframe")
+DEFAULT_TEXT_ELEMENTS = (
+    "p", "span", "h1", "h2", "h3", "h4", "h5", "h6", "li", "td", "th", "pre", "code",
+    "blockquote", "em", "strong", "b", "i", "small", "dd", "dt", "figcaption", "caption",
+    "article", "section", "body", "main",
+)  # fmt: skip
+
+
+class DetectionConfig(BaseModel):
+    """Thresholds of the three detectors, the scorer and event-time handling."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- event time -------------------------------------------------------------------------------
+    allowed_lateness_ms: int = Field(
+        5_000, ge=0, description="How far out of order input may arrive and still count exactly."
+    )
+    dedup_window_ms: int = Field(
+        600_000, ge=0, description="How long an event_id is remembered to drop repeats."
+    )
+    user_idle_ttl_ms: int = Field(
+        7_200_000,
+        gt=0,
+        description="Detector state of a user idle this long is forgotten (open flags are kept "
+        "until their cooldown ends). Must exceed every detector window.",
+    )
+
+    # -- rage clicks ------------------------------------------------------------------------------
+    rage_min_clicks: int = Field(
+        6, ge=3, description="Clicks on one control, each gap within rage_max_gap_ms, that flag."
+    )
+    rage_max_gap_ms: int = Field(
+        600, gt=0, description="Longest gap between two clicks of one burst."
+    )
+    rage_radius_px: float = Field(
+        30.0, gt=0, description="Clicks without a target within this distance are one control."
+    )
+    rage_burst_min_clicks: int = Field(
+        4, ge=2, description="Clicks that make a shorter burst for the repeated-bursts rule."
+    )
+    rage_bursts_required: int = Field(
+        3, ge=2, description="Shorter bursts on one control within rage_bursts_window_ms that flag."
+    )
+    rage_bursts_window_ms: int = Field(
+        120_000, gt=0, description="Window of the repeated-bursts rule."
+    )
+    rage_ignored_labels: tuple[str, ...] = Field(
+        DEFAULT_STEPPER_LABELS,
+        description="Control labels (lower-cased, trimmed) clicked fast on purpose: never rage.",
+    )
+    rage_ignored_label_prefixes: tuple[str, ...] = Field(
+        DEFAULT_STEPPER_LABEL_PREFIXES, description="Label prefixes treated like the labels above."
+    )
+    rage_ignored_roles: tuple[str, ...] = Field(
+        DEFAULT_IGNORED_ROLES, description="ARIA roles whose controls are never rage-clicked."
+    )
+    rage_ignored_input_types: tuple[str, ...] = Field(
+        DEFAULT_IGNORED_INPUT_TYPES, description="<input type> values never counted."
+    )
+    rage_ignored_elements: tuple[str, ...] = Field(
+        DEFAULT_IGNORED_ELEMENTS, description="Elements never counted (media, canvas, fields)."
+    )
+    rage_text_elements: tuple[str, ...] = Field(
+        DEFAULT_TEXT_ELEMENTS,
+        description="Text elements: a burst on one counts only once MouseEvent.detail passes 3, "
+        "so double- and triple-click selection never flags.",
+    )
+
+    # -- failed logins ----------------------------------------------------------------------------
+    login_min_failures: int = Field(
+        5, ge=2, description="Failed attempts of one account within login_window_ms that flag."
+    )
+    login_weak_failures: int = Field(
+        3, ge=1, description="Failed attempts that make a weak signal (needs corroboration)."
+    )
+    login_window_ms: int = Field(600_000, gt=0, description="Window for counting failures.")
+    login_merge_gap_ms: int = Field(
+        1_000, ge=0, description="Failures closer than this are one attempt (double submit)."
+    )
+    login_confirm_ms: int = Field(
+        60_000,
+        ge=0,
+        description="Wait this long after the failure that reaches login_min_failures for a "
+        "success before signalling; a success in that time clears them.",
+    )
+    login_giveup_ms: int = Field(
+        300_000,
+        gt=0,
+        description="After login_weak_failures attempts, this long without a success or another "
+        "attempt is a weak signal (the client gave up).",
+    )
+
+    # -- credential stuffing ----------------------------------------------------------------------
+    stuffing_min_accounts: int = Field(
+        15, ge=2, description="Distinct accounts failing from one IP that make it an attack."
+    )
+    stuffing_window_ms: int = Field(300_000, gt=0, description="Window for counting accounts.")
+    stuffing_suspect_accounts: int = Field(
+        3,
+        ge=2,
+        description="An IP failing for this many accounts is undecided: failed logins from it are "
+        "judged only once its stuffing window has passed.",
+    )
+    stuffing_hold_ms: int = Field(
+        3_600_000,
+        gt=0,
+        description="How long after its last failure an attacking IP stays marked; its failures "
+        "never count towards an outreach flag.",
+    )
+
+    # -- abrupt chat endings ----------------------------------------------------------------------
+    chat_min_wait_ms: int = Field(
+        120_000,
+        gt=0,
+        description="A chat ended by the client, the system or a timeout while the client has "
+        "waited this long for any agent message flags.",
+    )
+    chat_weak_wait_ms: int = Field(
+        60_000, gt=0, description="Waits from this long make a weak signal."
+    )
+    chat_max_open_per_user: int = Field(
+        4, ge=1, description="Open chats remembered per user (the oldest is forgotten)."
+    )
+
+    # -- scoring ----------------------------------------------------------------------------------
+    score_half_life_ms: int = Field(
+        600_000, gt=0, description="A signal's contribution halves every this much event time."
+    )
+    flag_threshold: float = Field(1.0, gt=0, description="Score at which a user is flagged.")
+    weak_kind_cap: float = Field(
+        0.5,
+        ge=0,
+        description="Most a kind with only weak signals adds, so weak signals of one kind never "
+        "flag alone but two kinds together can.",
+    )
+    corroboration_factor: float = Field(
+        1.5, ge=1, description="Score multiplier when signals of two or more kinds are present."
+    )
+    severity_medium: float = Field(1.5, description="Score from which severity is medium.")
+    severity_high: float = Field(3.0, description="Score from which severity is high.")
+    severity_critical: float = Field(5.0, description="Score from which severity is critical.")
+    flag_cooldown_ms: int = Field(
+        86_400_000,
+        gt=0,
+        description="A flag stays open (later signals join it) until this long passes without a "
+        "signal; only then can the user get a new flag_id.",
+    )
+    flag_renewal_ms: int = Field(
+        3_600_000,
+        gt=0,
+        description="A signal this long after the flag's last emission is new frustration: the "
+        "flag is re-emitted one severity higher.",
+    )
+    max_signals_per_flag: int = Field(
+        20, ge=1, description="Most recent signals kept as a flag's evidence."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DetectionConfig:
+        if self.login_weak_failures >= self.login_min_failures:
+            raise ConfigurationError("login_weak_failures must be below login_min_failures")
+        if self.chat_weak_wait_ms >= self.chat_min_wait_ms:
+            raise ConfigurationError("chat_weak_wait_ms must be below chat_min_wait_ms")
+        if self.rage_burst_min_clicks >= self.rage_min_clicks:
+            raise ConfigurationError("rage_burst_min_clicks must be below rage_min_clicks")
+        if not self.severity_medium <= self.severity_high <= self.severity_critical:
+            raise ConfigurationError("severity thresholds must rise: medium <= high <= critical")
+        if self.flag_threshold > self.severity_medium:
+            raise ConfigurationError("flag_threshold must not exceed severity_medium")
+        longest_window = max(
+            self.login_window_ms + self.login_confirm_ms + self.login_giveup_ms,
+            self.rage_bursts_window_ms,
+            self.stuffing_window_ms,
+            self.allowed_lateness_ms,
+        )
+        if self.user_idle_ttl_ms <= longest_window:
+            raise ConfigurationError("user_idle_ttl_ms must exceed every detector window")
+        if self.dedup_window_ms < self.allowed_lateness_ms:
+            raise ConfigurationError("dedup_window_ms must be at least allowed_lateness_ms")
+        return self

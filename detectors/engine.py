@@ -1,0 +1,311 @@
+"""The detector core: events in (in any order within the allowed lateness), signals, flags and
+security alerts out, in event time. No I/O and no clock: the same input gives the same output.
+
+The data path, for one event::
+
+    push(event) ── duplicate event_id? ──> counted, dropped
+        │         later than the watermark? ──> LateEvent in the outbox (runners dead-letter it)
+        ▼
+    reorder buffer (heap by event time) ── released once older than the watermark
+        ▼                                  (= newest event time seen - allowed_lateness_ms)
+    due timers fire first (login confirmations), then the user's detectors:
+        click ─> RageClickDetector      login ─> CredentialStuffingDetector (per IP)
+                                                  FailedLoginDetector (per account)
+        chat  ─> AbruptChatEndDetector
+        ▼
+    Signal ─> FlagScorer ─> Flag
+
+Runners (`streams.embedded`, `streams.kafka_worker`) call `push` for each event and drain
+`outbox`; `flush` at the end of a finite input releases everything and fires every timer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+
+from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
+from detectors.config import DetectionConfig
+from detectors.credential_stuffing import CredentialStuffingDetector, SourceState
+from detectors.failed_login import FailedLoginDetector, FailedLoginState, SourceVerdict
+from detectors.rage_click import RageClickDetector, RageClickState
+from detectors.scoring import FlagScorer, ScoreState
+from signals.exceptions import ConfigurationError
+from signals.flags import Flag, SecurityAlert, Signal
+from signals.wire import AnyEvent
+
+#: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
+STATE_VERSION = 1
+
+#: How often (event time) idle users are swept out of memory.
+SWEEP_INTERVAL_MS = 60_000
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything the detectors remember about one user; each part is created when first needed."""
+
+    last_ts: int
+    clicks: RageClickState | None = None
+    logins: FailedLoginState | None = None
+    chats: AbruptChatState | None = None
+    score: ScoreState | None = None
+
+    def forget_detectors(self) -> None:
+        """Drop detector windows (all shorter than the idle TTL); keep the score and open flag."""
+        self.clicks = self.logins = self.chats = None
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event that arrived after the watermark had passed its time: not processed, reported."""
+
+    event: AnyEvent
+    watermark_ms: int
+
+
+Output = Signal | Flag | SecurityAlert | LateEvent
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counts since start, for summaries and metrics."""
+
+    events: Counter[str] = field(default_factory=Counter)  # processed, by type
+    duplicates: int = 0
+    late: int = 0
+    signals: Counter[str] = field(default_factory=Counter)  # by kind
+    flags: Counter[str] = field(default_factory=Counter)  # new flags by severity
+    escalations: Counter[str] = field(default_factory=Counter)  # re-emissions by severity
+    alerts: int = 0
+
+
+class DetectionEngine:
+    """Runs the three detectors and the scorer over a stream of events, in event time.
+
+    Examples
+    --------
+    >>> from signals.events import ClickEvent
+    >>> engine = DetectionEngine()
+    >>> t0 = 1_795_255_200_000
+    >>> for i in reversed(range(8)):  # arrival order does not matter within the lateness
+    ...     engine.push(ClickEvent(type="click", user_id="u1", ts=t0 + 250 * i, target="#pay",
+    ...                            label="Pay now", page="/billing"))
+    >>> engine.flush()
+    >>> flags = [o for o in engine.outbox if isinstance(o, Flag)]
+    >>> [(f.severity, f.reason) for f in flags]
+    [('low', 'The client clicked “Pay now” 6 times in 1.2 s on /billing.')]
+    """
+
+    def __init__(self, config: DetectionConfig | None = None) -> None:
+        self.config = config or DetectionConfig()
+        self.rage = RageClickDetector(self.config)
+        self.logins = FailedLoginDetector(self.config)
+        self.stuffing = CredentialStuffingDetector(self.config)
+        self.chats = AbruptChatEndDetector(self.config)
+        self.scorer = FlagScorer(self.config)
+        self.users: dict[str, UserState] = {}
+        self.sources: dict[str, SourceState] = {}
+        self.outbox: list[Output] = []
+        self.stats = EngineStats()
+        self._buffer: list[tuple[int, str, str, int, AnyEvent]] = []
+        self._seq = 0
+        self._timers: list[tuple[int, str]] = []
+        self._seen: dict[str, int] = {}
+        self._max_ts: int | None = None
+        self._last_sweep = 0
+
+    # -- input ------------------------------------------------------------------------------------
+    @property
+    def watermark_ms(self) -> int | None:
+        """Events older than this are late; everything older has been processed."""
+        if self._max_ts is None:
+            return None
+        return self._max_ts - self.config.allowed_lateness_ms
+
+    def push(self, event: AnyEvent) -> None:
+        """Accept one event; outputs it completes are appended to `outbox`."""
+        ts = event.ts
+        event_id = event.event_id
+        if event_id is not None:
+            if event_id in self._seen:
+                self.stats.duplicates += 1
+                return
+            self._seen[event_id] = ts
+        max_ts = self._max_ts
+        if max_ts is not None and ts < max_ts - self.config.allowed_lateness_ms:
+            self.stats.late += 1
+            self.outbox.append(LateEvent(event, max_ts - self.config.allowed_lateness_ms))
+            return
+        tiebreak = event_id if event_id is not None else event.model_dump_json()
+        self._seq += 1
+        heapq.heappush(self._buffer, (ts, event.user_id, tiebreak, self._seq, event))
+        if max_ts is None or ts > max_ts:
+            self._max_ts = max_ts = ts
+            self._release(max_ts - self.config.allowed_lateness_ms)
+
+    def advance_watermark(self, ts: int) -> None:
+        """Move event time forward without an event (input went quiet); never backwards."""
+        if self._max_ts is None or ts > self._max_ts:
+            self._max_ts = ts
+            self._release(ts - self.config.allowed_lateness_ms)
+
+    def flush(self) -> None:
+        """End of input: process everything buffered and fire every pending timer."""
+        self._release(None)
+        self._fire_timers(None)
+
+    # -- processing -------------------------------------------------------------------------------
+    def _release(self, watermark: int | None) -> None:
+        buffer = self._buffer
+        while buffer and (watermark is None or buffer[0][0] < watermark):
+            self._process(heapq.heappop(buffer)[4])
+        if watermark is not None and self._seen:
+            self._forget_event_ids(watermark - self.config.dedup_window_ms)
+
+    def _process(self, event: AnyEvent) -> None:
+        ts = event.ts
+        if self._timers and self._timers[0][0] < ts:
+            self._fire_timers(ts)
+        if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
+            self._sweep(ts)
+        user_id = event.user_id
+        state = self.users.get(user_id)
+        if state is None:
+            state = self.users[user_id] = UserState(ts)
+        elif ts - state.last_ts > self.config.user_idle_ttl_ms:
+            # As if the sweep had already removed it: output must not depend on sweep timing.
+            state.forget_detectors()
+        state.last_ts = ts
+        self.stats.events[event.type] += 1
+        signal: Signal | None = None
+        if event.type == "click":
+            if state.clicks is None:
+                state.clicks = RageClickState()
+            signal = self.rage.learn_one(state.clicks, event)
+        elif event.type == "login":
+            self._login(state, event)
+        else:
+            if state.chats is None:
+                state.chats = AbruptChatState()
+            signal = self.chats.learn_one(state.chats, event)
+        if signal is not None:
+            self._signal(state, user_id, signal)
+
+    def _login(self, state: UserState, event: AnyEvent) -> None:
+        assert event.type == "login"
+        if event.outcome == "failure" and event.ip is not None:
+            source = self.sources.get(event.ip)
+            if source is None:
+                source = self.sources[event.ip] = SourceState()
+            alert = self.stuffing.learn_one(source, event)
+            if alert is not None:
+                self.stats.alerts += 1
+                self.outbox.append(alert)
+        if state.logins is None:
+            state.logins = FailedLoginState()
+        before = state.logins.deadline
+        self.logins.learn_one(state.logins, event)
+        deadline = state.logins.deadline
+        if deadline is not None and deadline != before:
+            heapq.heappush(self._timers, (deadline, event.user_id))
+
+    def _source_verdict(self, ip: str, ts: int) -> SourceVerdict:
+        source = self.sources.get(ip)
+        if source is None:
+            return SourceVerdict(False, ts)
+        return self.stuffing.verdict(source, ts)
+
+    def _fire_timers(self, before_ts: int | None) -> None:
+        timers = self._timers
+        while timers and (before_ts is None or timers[0][0] < before_ts):
+            deadline, user_id = heapq.heappop(timers)
+            state = self.users.get(user_id)
+            if state is None or state.logins is None or state.logins.deadline != deadline:
+                continue  # the deadline moved or was cleared since
+            signal = self.logins.advance(state.logins, deadline + 1, self._source_verdict)
+            if signal is not None:
+                self._signal(state, user_id, signal)
+            elif state.logins.deadline is not None:  # postponed while its source is undecided
+                heapq.heappush(timers, (state.logins.deadline, user_id))
+
+    def _signal(self, state: UserState, user_id: str, signal: Signal) -> None:
+        self.stats.signals[signal.kind] += 1
+        self.outbox.append(signal)
+        if state.score is None:
+            state.score = ScoreState()
+        flag = self.scorer.add(state.score, user_id, signal)
+        if flag is not None:
+            if flag.update == 0:
+                self.stats.flags[flag.severity] += 1
+            else:
+                self.stats.escalations[flag.severity] += 1
+            self.outbox.append(flag)
+
+    # -- memory -----------------------------------------------------------------------------------
+    def _forget_event_ids(self, cutoff: int) -> None:
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] >= cutoff:
+                break
+            del seen[oldest]
+
+    def _sweep(self, now: int) -> None:
+        """Forget users idle past the TTL (keeping open flags until their cooldown ends)."""
+        self._last_sweep = now
+        c = self.config
+        idle_before = now - c.user_idle_ttl_ms
+        for user_id in [u for u, s in self.users.items() if s.last_ts < idle_before]:
+            state = self.users[user_id]
+            score = state.score
+            if score is not None and score.has_open_flag(now, c.flag_cooldown_ms):
+                state.forget_detectors()
+                score.signals = []
+            else:
+                del self.users[user_id]
+        for ip in [ip for ip, s in self.sources.items() if self.stuffing.is_idle(s, now)]:
+            del self.sources[ip]
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """All state (users, IPs, buffered events, timers, remembered event ids) as bytes."""
+        data = (
+            STATE_VERSION,
+            self.users,
+            self.sources,
+            self._buffer,
+            self._seq,
+            self._timers,
+            self._seen,
+            self._max_ts,
+            self._last_sweep,
+        )
+        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        """Load a `snapshot` taken by the same STATE_VERSION (refuses any other)."""
+        data = pickle.loads(blob)
+        if not isinstance(data, tuple) or data[0] != STATE_VERSION:
+            version = data[0] if isinstance(data, tuple) else "?"
+            raise ConfigurationError(
+                f"checkpoint has state version {version}, this build reads {STATE_VERSION}"
+            )
+        (
+            _,
+            self.users,
+            self.sources,
+            self._buffer,
+            self._seq,
+            self._timers,
+            self._seen,
+            self._max_ts,
+            self._last_sweep,
+        ) = data
+
+    def drain(self) -> list[Output]:
+        """Take everything in the outbox."""
+        out, self.outbox = self.outbox, []
+        return out

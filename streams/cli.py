@@ -1,0 +1,228 @@
+"""The `frustration` command. Each sub-command parses its options, builds settings, calls into
+`streams`, and prints `ErrorType: message` with exit code 1 when something it cannot recover from
+happens (bad input lines are not that: they are counted and dead-lettered)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from signals.exceptions import FrustrationError
+
+
+@contextlib.contextmanager
+def _open_out(path: str | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+    elif path == "-":
+        yield sys.stdout.buffer
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            yield handle
+
+
+def _ndjson(handle: IO[bytes]) -> Callable[[dict[str, Any]], None]:
+    def write(obj: dict[str, Any]) -> None:
+        handle.write(orjson.dumps(obj) + b"\n")
+
+    return write
+
+
+def _writer(handle: IO[bytes] | None) -> Callable[[dict[str, Any]], None] | None:
+    return None if handle is None else _ndjson(handle)
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    if path == "-":
+        yield from sys.stdin.buffer
+    else:
+        with open(path, "rb") as handle:
+            yield from handle
+
+
+def _settings() -> Any:
+    from streams.settings import Settings
+
+    return Settings()
+
+
+# -- replay ---------------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import Replay
+
+    settings = _settings()
+    with (
+        _open_out(args.dead_letter) as dead,
+        _open_out(args.alerts) as alerts,
+        _open_out(args.incidents) as incidents,
+    ):
+        run = Replay(
+            settings.detection,
+            on_flag=_ndjson(sys.stdout.buffer),
+            on_alert=_writer(alerts),
+            on_dead_letter=_writer(dead),
+            max_event_bytes=settings.max_event_bytes,
+        )
+        _ = incidents
+        run.feed(_lines(args.events))
+        summary = run.finish()
+        sys.stdout.buffer.flush()
+    for line in summary.lines_of_text():
+        print(line, file=sys.stderr)
+    return 0
+
+
+# -- simulate -------------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streams.simulator import Simulator
+
+    stream = Simulator(args.users, seed=args.seed, frustrated_share=args.frustrated_share).run()
+    with _open_out(args.out) as out:
+        assert out is not None
+        for line in stream.event_lines():
+            out.write(line + b"\n")
+    if args.labels:
+        with _open_out(args.labels) as labels:
+            assert labels is not None
+            for line in stream.truth_lines():
+                labels.write(line + b"\n")
+    frustrated = sum(t.frustrated for t in stream.truth)
+    print(
+        f"simulated {len(stream.events)} events of {args.users} users "
+        f"({frustrated} frustrated), seed {args.seed}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from streams.evaluation import HEADER, evaluate, evaluate_baseline, load_truth
+
+    settings = _settings()
+    events = list(_lines(args.events))
+    with open(args.labels, "rb") as handle:
+        truth = load_truth(handle)
+    print(f"{len(events)} events, {len(truth)} users, {sum(t['frustrated'] for t in truth)} "
+          "frustrated (ground truth)")  # fmt: skip
+    print(HEADER)
+    for score in evaluate(events, truth, settings.detection):
+        print(score.line())
+    for rule in args.baseline or []:
+        print(evaluate_baseline(events, truth, rule).line())
+    return 0
+
+
+# -- schema ---------------------------------------------------------------------------------------
+def cmd_schema(args: argparse.Namespace) -> int:
+    from signals.schema import json_schema
+
+    print(json.dumps(json_schema(args.which), indent=2))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from streams.settings_doc import settings_markdown
+
+    if args.markdown:
+        print(settings_markdown())
+    else:
+        print(_settings().model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frustration",
+        description="Real-time detection of user frustration (rage clicks, lock-outs, "
+        "abandoned chats) for digital mental-health platforms.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "replay",
+        help="run the detectors over NDJSON events; flags to stdout",
+        description="Replay NDJSON events (one JSON object per line) through the detector core "
+        "in event time. Flags go to stdout as NDJSON, a summary to stderr. Bad lines never stop "
+        "the replay: they are counted by reason and written to --dead-letter.",
+    )
+    p.add_argument("events", nargs="?", default="-", help="NDJSON file, or - for stdin")
+    p.add_argument("--dead-letter", metavar="PATH", help="write rejected and late lines here")
+    p.add_argument("--alerts", metavar="PATH", help="write security alerts here")
+    p.add_argument("--incidents", metavar="PATH", help="write incidents here")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "simulate",
+        help="write a realistic labelled event stream",
+        description="Write simulated platform traffic as NDJSON events, with a few percent of "
+        "users in frustration episodes and benign look-alikes in realistic numbers; the ground "
+        "truth (one JSON line per user) goes to --labels.",
+    )
+    p.add_argument("--users", type=int, default=1000, help="number of users (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--out", default="-", help="events file (default stdout)")
+    p.add_argument("--labels", metavar="PATH", help="ground-truth file")
+    p.add_argument(
+        "--frustrated-share", type=float, default=0.04, help="share of frustrated users (0.04)"
+    )
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="precision, recall, F1 and detection delay on a labelled stream",
+        description="Replay EVENTS and compare the flags with the ground truth LABELS (from "
+        "`frustration simulate --labels`): user-level precision, recall and F1 per signal kind "
+        "and overall, and the median detection delay in event time.",
+    )
+    p.add_argument("events", help="NDJSON events")
+    p.add_argument("labels", help="ground truth, one JSON object per user")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        choices=["posthog", "datadog"],
+        help="also score a published rage-click rule (repeatable)",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the wire format",
+        description="Print the JSON Schema of input events (default), flags or security alerts.",
+    )
+    p.add_argument("which", nargs="?", default="event", choices=["event", "flag", "alert"])
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "settings",
+        help="print every setting and its current value",
+        description="Print the effective settings (defaults overridden by FRUSTRATION_* "
+        "environment variables) as JSON, or the documentation table with --markdown.",
+    )
+    p.add_argument("--markdown", action="store_true", help="the README's settings table")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except FrustrationError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

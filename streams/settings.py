@@ -1,0 +1,77 @@
+"""All settings, with their defaults, overridable by environment variables.
+
+`FRUSTRATION_<FIELD>` sets a top-level field, `FRUSTRATION_DETECTION__<FIELD>` a detector
+threshold (see `detectors.config.DetectionConfig`), e.g.::
+
+    FRUSTRATION_PORT=8800 FRUSTRATION_DETECTION__RAGE_MIN_CLICKS=8 frustration serve
+
+Command-line options override both. `frustration settings` prints every setting and its value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from detectors.config import DetectionConfig
+from signals.wire import DEFAULT_MAX_EVENT_BYTES
+
+
+class Settings(BaseSettings):
+    """Settings of every runner. Frozen: build a new one to change anything."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRUSTRATION_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    detection: DetectionConfig = Field(
+        default_factory=DetectionConfig, description="Detector thresholds (see below)."
+    )
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES, gt=0, description="Largest accepted event (bytes of JSON)."
+    )
+
+    # -- embedded service (`frustration serve`) ---------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(8700, ge=0, le=65535, description="Port `serve` listens on.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key required on POST /v1/events (Bearer or X-Api-Key). Required to bind to "
+        "a non-loopback address.",
+    )
+    queue_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the support-queue API and pages (none: open on loopback).",
+    )
+    db_path: Path = Field(Path("data/frustration.db"), description="Support-queue SQLite database.")
+    checkpoint_path: Path = Field(
+        Path("data/detector-state.bin"), description="Detector state checkpoint file."
+    )
+    checkpoint_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between detector-state checkpoints."
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest accepted POST body.")
+    idle_advance_s: float = Field(
+        2.0,
+        gt=0,
+        description="When no event arrives for this many seconds, event time is advanced to the "
+        "newest event seen, so buffered events and pending timers do not wait for more traffic.",
+    )
+
+    # -- Kafka runner (`frustration worker`) ------------------------------------------------------
+    broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL.")
+    events_topic: str = Field("frustration.events", description="Input events, keyed by user_id.")
+    flags_topic: str = Field("frustration.flags", description="Flags, keyed by user_id.")
+    alerts_topic: str = Field("frustration.alerts", description="Security alerts.")
+    dead_letter_topic: str = Field(
+        "frustration.dead-letter", description="Bad messages with their reason."
+    )
+    incidents_topic: str = Field("frustration.incidents", description="Incidents.")
+    topic_partitions: int = Field(8, ge=1, description="Partitions of topics created when missing.")
+    worker_web_port: int = Field(6066, ge=0, le=65535, description="Worker web/metrics port.")
+    worker_data_dir: Path = Field(Path("data/worker"), description="Worker data directory.")
+    table_store: str = Field(
+        "memory://", description="faust table store: memory:// or rocksdb:// (rocksdict)."
+    )
