@@ -1,0 +1,396 @@
+"""Prometheus metrics of frustration-signals.
+
+Every metric lives on the :class:`FrustrationMetrics` instance's own registry (a fresh
+``CollectorRegistry`` unless one is passed in), so tests can use a private registry and two
+instances never clash. Every labelled metric has a child pre-initialised at 0 for each value of
+its fixed label set, so series exist before the first event and alerts such as
+``rate(...) == 0`` or ``increase(...) > 0`` work from the first scrape.
+
+Privacy: no label ever carries a user id, IP address, session, chat id or free-form page/target.
+Label values are closed sets (constants below); the helper methods reject anything else, which
+also bounds cardinality.
+
+Catalogue (metric names are a public contract: ``deploy/prometheus/alerts.yml`` and
+``deploy/grafana/dashboards/frustration-overview.json`` use them; see ``docs/metrics.md``):
+
+==========================================  =========  ==================  =====================
+name                                        type       labels              meaning
+==========================================  =========  ==================  =====================
+frustration_events_received_total           counter    type                valid events accepted
+frustration_events_invalid_total            counter    reason              rejected (dead letter)
+frustration_events_late_total               counter    -                   beyond allowed lateness
+frustration_events_duplicate_total          counter    -                   event_id already seen
+frustration_signals_total                   counter    kind                detector signals
+frustration_flags_total                     counter    severity            new flags opened
+frustration_flag_escalations_total          counter    severity            open flag raised
+frustration_security_alerts_total           counter    kind                credential stuffing
+frustration_incidents_total                 counter    kind                incidents opened
+frustration_incidents_open                  gauge      kind                incidents now open
+frustration_processing_seconds              histogram  stage               batch wall time
+frustration_event_lag_seconds               histogram  -                   now - event ts
+frustration_flag_latency_seconds            histogram  -                   receipt -> queue write
+frustration_tracked_users                   gauge      -                   users with state
+frustration_queue_items                     gauge      status              queue flags by status
+frustration_queue_oldest_open_age_seconds   gauge      -                   oldest open flag age
+frustration_ingest_requests_total           counter    code                HTTP ingest responses
+frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
+frustration_build_info                      gauge      version, runner     always 1
+==========================================  =========  ==================  =====================
+
+Histogram bucket boundaries are exposed by prometheus-client as floats (``le="2.0"``, not
+``le="2"``); PromQL that selects one bucket must use that spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "EVENT_LAG_BUCKETS",
+    "EVENT_TYPES",
+    "FLAG_LATENCY_BUCKETS",
+    "FLAG_LATENCY_SLO_SECONDS",
+    "FORBIDDEN_LABELS",
+    "INCIDENT_KINDS",
+    "INGEST_CODES",
+    "INVALID_REASONS",
+    "PROCESSING_BUCKETS",
+    "PROCESSING_STAGES",
+    "QUEUE_STATUSES",
+    "RUNNERS",
+    "SECURITY_ALERT_KINDS",
+    "SEVERITIES",
+    "SIGNAL_KINDS",
+    "FrustrationMetrics",
+    "label_values",
+]
+
+EVENT_TYPES: tuple[str, ...] = ("click", "login", "chat")
+INVALID_REASONS: tuple[str, ...] = (
+    "not_json",
+    "not_object",
+    "oversized",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "unknown_type",
+    "bad_ts",
+    "absurd_ts",
+)
+SIGNAL_KINDS: tuple[str, ...] = ("rage_click", "failed_logins", "abrupt_chat_end")
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+SECURITY_ALERT_KINDS: tuple[str, ...] = ("credential_stuffing",)
+INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
+PROCESSING_STAGES: tuple[str, ...] = ("batch",)
+QUEUE_STATUSES: tuple[str, ...] = ("open", "claimed", "resolved")
+INGEST_CODES: tuple[str, ...] = ("202", "400", "401", "413", "415", "500")
+RUNNERS: tuple[str, ...] = ("embedded", "kafka")
+
+#: Label names that must never appear on any metric (privacy).
+FORBIDDEN_LABELS: frozenset[str] = frozenset(
+    {"user", "user_id", "ip", "session", "session_id", "chat", "chat_id", "page", "target"}
+)
+
+#: 50 µs .. 5 s.
+PROCESSING_BUCKETS: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+#: 0.1 s .. 1 h.
+EVENT_LAG_BUCKETS: tuple[float, ...] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+#: Includes the SLO threshold (2 s) as an exact boundary.
+FLAG_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+#: Flag-latency SLO: 99 % of flags in the support queue within this many seconds of receipt.
+FLAG_LATENCY_SLO_SECONDS = 2.0
+
+
+def label_values() -> dict[str, tuple[str, ...]]:
+    """Fixed label sets, keyed by label name (``runner`` is the only one on build info)."""
+    return {
+        "type": EVENT_TYPES,
+        "reason": INVALID_REASONS,
+        "kind": SIGNAL_KINDS,
+        "severity": SEVERITIES,
+        "stage": PROCESSING_STAGES,
+        "status": QUEUE_STATUSES,
+        "code": INGEST_CODES,
+        "runner": RUNNERS,
+    }
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("frustration-signals")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check(value: str, allowed: tuple[str, ...], label: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{label}={value!r} is not one of {allowed}")
+    return value
+
+
+class FrustrationMetrics:
+    """All metrics of one service process, registered on ``self.registry``.
+
+    The metric objects are public attributes (``events_received``, ``flags``, ...); the helper
+    methods validate label values against the fixed sets before touching them.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        runner: str = "embedded",
+        version: str | None = None,
+    ) -> None:
+        self.registry: CollectorRegistry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+
+        self.events_received = Counter(
+            "frustration_events_received_total",
+            "Valid events accepted for detection, by event type.",
+            ["type"],
+            registry=reg,
+        )
+        self.events_invalid = Counter(
+            "frustration_events_invalid_total",
+            "Events rejected as invalid and dead-lettered, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self.events_late = Counter(
+            "frustration_events_late_total",
+            "Events later than the allowed lateness (dead-lettered with reason late).",
+            registry=reg,
+        )
+        self.events_duplicate = Counter(
+            "frustration_events_duplicate_total",
+            "Events whose event_id was already seen (dropped).",
+            registry=reg,
+        )
+        self.signals = Counter(
+            "frustration_signals_total",
+            "Frustration signals emitted by the detectors, by kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.flags = Counter(
+            "frustration_flags_total",
+            "New flags opened in the support queue, by severity.",
+            ["severity"],
+            registry=reg,
+        )
+        self.flag_escalations = Counter(
+            "frustration_flag_escalations_total",
+            "Open flags re-emitted with a raised severity, by the new severity.",
+            ["severity"],
+            registry=reg,
+        )
+        self.security_alerts = Counter(
+            "frustration_security_alerts_total",
+            "Security alerts emitted (separate from support flags), by kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.incidents = Counter(
+            "frustration_incidents_total",
+            "Mass-frustration incidents opened (one cause, many users), by signal kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.incidents_open = Gauge(
+            "frustration_incidents_open",
+            "Mass-frustration incidents currently open, by signal kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.processing_seconds = Histogram(
+            "frustration_processing_seconds",
+            "Wall time to run one batch of events through the detectors.",
+            ["stage"],
+            buckets=PROCESSING_BUCKETS,
+            registry=reg,
+        )
+        self.event_lag_seconds = Histogram(
+            "frustration_event_lag_seconds",
+            "Wall clock at processing time minus the event's own ts.",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=reg,
+        )
+        self.flag_latency_seconds = Histogram(
+            "frustration_flag_latency_seconds",
+            "Wall time from receipt of the triggering event to the flag written to the queue.",
+            buckets=FLAG_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.tracked_users = Gauge(
+            "frustration_tracked_users",
+            "Users with detector state held in memory.",
+            registry=reg,
+        )
+        self.queue_items = Gauge(
+            "frustration_queue_items",
+            "Support-queue flags by status.",
+            ["status"],
+            registry=reg,
+        )
+        self.queue_oldest_open_age_seconds = Gauge(
+            "frustration_queue_oldest_open_age_seconds",
+            "Age of the oldest open (unclaimed) support-queue flag; 0 when there is none.",
+            registry=reg,
+        )
+        self.ingest_requests = Counter(
+            "frustration_ingest_requests_total",
+            "HTTP ingest requests by response status code.",
+            ["code"],
+            registry=reg,
+        )
+        self.consumer_lag_messages = Gauge(
+            "frustration_consumer_lag_messages",
+            "Kafka runner: messages behind on the events topic (0 in the embedded runner).",
+            registry=reg,
+        )
+        self.build_info = Gauge(
+            "frustration_build_info",
+            "Always 1; labels carry the version and the runner (embedded or kafka).",
+            ["version", "runner"],
+            registry=reg,
+        )
+
+        for event_type in EVENT_TYPES:
+            self.events_received.labels(type=event_type)
+        for reason in INVALID_REASONS:
+            self.events_invalid.labels(reason=reason)
+        for kind in SIGNAL_KINDS:
+            self.signals.labels(kind=kind)
+        for severity in SEVERITIES:
+            self.flags.labels(severity=severity)
+            self.flag_escalations.labels(severity=severity)
+        for kind in SECURITY_ALERT_KINDS:
+            self.security_alerts.labels(kind=kind)
+        for kind in INCIDENT_KINDS:
+            self.incidents.labels(kind=kind)
+            self.incidents_open.labels(kind=kind).set(0)
+        for stage in PROCESSING_STAGES:
+            self.processing_seconds.labels(stage=stage)
+        for status in QUEUE_STATUSES:
+            self.queue_items.labels(status=status).set(0)
+        for code in INGEST_CODES:
+            self.ingest_requests.labels(code=code)
+
+        self._version = version if version is not None else _package_version()
+        self.set_build_info(runner)
+
+    # -- helpers (validate label values; the raw metric objects stay available) -------------
+
+    def set_build_info(self, runner: str, version: str | None = None) -> None:
+        """Expose exactly one ``frustration_build_info`` series for this process."""
+        _check(runner, RUNNERS, "runner")
+        if version is not None:
+            self._version = version
+        self.build_info.clear()
+        self.build_info.labels(version=self._version, runner=runner).set(1)
+
+    def event_received(self, event_type: str) -> None:
+        self.events_received.labels(type=_check(event_type, EVENT_TYPES, "type")).inc()
+
+    def event_invalid(self, reason: str) -> None:
+        self.events_invalid.labels(reason=_check(reason, INVALID_REASONS, "reason")).inc()
+
+    def signal(self, kind: str) -> None:
+        self.signals.labels(kind=_check(kind, SIGNAL_KINDS, "kind")).inc()
+
+    def flag_opened(self, severity: str) -> None:
+        self.flags.labels(severity=_check(severity, SEVERITIES, "severity")).inc()
+
+    def flag_escalated(self, new_severity: str) -> None:
+        self.flag_escalations.labels(severity=_check(new_severity, SEVERITIES, "severity")).inc()
+
+    def security_alert(self, kind: str) -> None:
+        self.security_alerts.labels(kind=_check(kind, SECURITY_ALERT_KINDS, "kind")).inc()
+
+    def incident_opened(self, kind: str) -> None:
+        self.incidents.labels(kind=_check(kind, INCIDENT_KINDS, "kind")).inc()
+
+    def set_incidents_open(self, counts: Mapping[str, int]) -> None:
+        """Set the open-incident gauge for every kind (kinds missing from ``counts`` -> 0)."""
+        for kind in counts:
+            _check(kind, INCIDENT_KINDS, "kind")
+        for kind in INCIDENT_KINDS:
+            self.incidents_open.labels(kind=kind).set(counts.get(kind, 0))
+
+    def observe_batch(self, seconds: float, stage: str = "batch") -> None:
+        self.processing_seconds.labels(stage=_check(stage, PROCESSING_STAGES, "stage")).observe(
+            seconds
+        )
+
+    def set_queue(self, counts: Mapping[str, int], oldest_open_age_seconds: float) -> None:
+        """Set the support-queue gauges (statuses missing from ``counts`` -> 0)."""
+        for status in counts:
+            _check(status, QUEUE_STATUSES, "status")
+        for status in QUEUE_STATUSES:
+            self.queue_items.labels(status=status).set(counts.get(status, 0))
+        self.queue_oldest_open_age_seconds.set(max(0.0, oldest_open_age_seconds))
+
+    def ingest_request(self, code: int | str) -> None:
+        """Count one HTTP ingest response.
+
+        Codes outside the fixed set are folded into their class (other 4xx -> ``400``, other
+        5xx -> ``500``) so the label set stays closed; anything else is a programming error.
+        """
+        label = str(code)
+        if label not in INGEST_CODES:
+            if label.startswith("4") and len(label) == 3:
+                label = "400"
+            elif label.startswith("5") and len(label) == 3:
+                label = "500"
+            else:
+                raise ValueError(f"code={label!r} is not an ingest response code")
+        self.ingest_requests.labels(code=label).inc()
