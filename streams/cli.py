@@ -129,6 +129,55 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from aiohttp import web
+
+    from streams.demo import feed_demo_traffic
+    from streams.server import RUNNER, build_app
+
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.db is not None:
+        overrides["db_path"] = args.db
+    if args.checkpoint is not None:
+        overrides["checkpoint_path"] = args.checkpoint
+    settings = _settings().model_copy(update=overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = build_app(settings)
+    if args.demo:
+
+        async def start_demo(app: web.Application) -> Any:
+            task = asyncio.create_task(feed_demo_traffic(app[RUNNER]))
+            yield
+            task.cancel()
+
+        app.cleanup_ctx.append(start_demo)
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"frustration-signals is running{' with simulated demo traffic' if args.demo else ''}:\n"
+        f"  support queue  {base}/queue\n  operations     {base}/ops\n"
+        f"  metrics        {base}/metrics\n  ingest         POST {base}/v1/events\n"
+        f'  collector      <script src="{base}/collector.js" data-user-id="..."></script>',
+        flush=True,
+    )
+    # No access log: request lines carry query strings (tokens, keys), and the queue's paths.
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10,
+        access_log=None,
+    )
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from streams.settings_doc import settings_markdown
 
@@ -200,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("which", nargs="?", default="event", choices=["event", "flag", "alert"])
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "serve",
+        help="the embedded service: ingest, support queue, ops view, collector",
+        description="Run the embedded service (one process, no broker): POST /v1/events, the "
+        "support-queue API and /queue page, the /ops page, /metrics, /collector.js. Settings "
+        "come from FRUSTRATION_* environment variables; the options below override them.",
+    )
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8700)")
+    p.add_argument("--db", type=Path, help="support-queue SQLite file")
+    p.add_argument("--checkpoint", type=Path, help="detector-state checkpoint file")
+    p.add_argument("--demo", action="store_true", help="also feed simulated traffic")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "settings",

@@ -1,0 +1,199 @@
+"""The embedded runner: one process, no broker. Events go through the detector core in-process,
+exactly as `replay` runs them; flags and alerts go to the support queue (SQLite).
+
+Detector state is checkpointed to a file (periodically and on shutdown) and restored at start, so
+a restart resumes open bursts, counters and buffered events; the queue is idempotent by flag_id,
+so nothing is flagged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detectors.engine import DetectionEngine, LateEvent, Output
+from signals.exceptions import ConfigurationError
+from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
+from signals.wire import AnyEvent
+from streams.metrics import FrustrationMetrics
+from streams.queue_store import QueueStore
+from streams.replay import late_record
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Flags emitted within this much event time of "now" count as live (for the live watermark).
+LIVE_WINDOW_MS = 600_000
+
+
+@dataclass(slots=True)
+class RecentActivity:
+    """What the /ops page shows: recent rates and where rage clicks happen (wall-clock based)."""
+
+    events: deque[tuple[float, int]]  # (wall time, events in batch)
+    signals: deque[tuple[float, str]]  # (wall time, kind)
+    rage_controls: Counter[tuple[str, str]]  # (page, control) of rage-click signals
+
+
+class EmbeddedRunner:
+    """Runs the detector core for the service; call `ingest` with parsed events."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: QueueStore,
+        metrics: FrustrationMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or FrustrationMetrics(runner="embedded")
+        self.engine = DetectionEngine(settings.detection)
+        self.activity = RecentActivity(deque(), deque(), Counter())
+        self.last_event_wall = 0.0
+        self.last_checkpoint = time.time()
+        # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
+        self._receipts: deque[tuple[int, float]] = deque()
+        self._duplicates_counted = 0
+        self._restore()
+
+    # -- input ------------------------------------------------------------------------------------
+    def ingest(self, events: Sequence[AnyEvent], received_at: float | None = None) -> None:
+        """Push a batch through the engine and write what comes out."""
+        if not events:
+            return
+        started = time.perf_counter()
+        now = time.time() if received_at is None else received_at
+        by_type = Counter(e.type for e in events)
+        for event_type, n in by_type.items():
+            self.metrics.events_received.labels(type=event_type).inc(n)
+        lag = self.metrics.event_lag_seconds
+        newest = 0
+        for event in events:
+            lag.observe(max(0.0, now - event.ts / 1000))
+            newest = max(newest, event.ts)
+        self._receipts.append((newest, now))
+        push = self.engine.push
+        for event in events:
+            push(event)
+        self._route(self.engine.drain())
+        self._count_duplicates()
+        self.last_event_wall = now
+        self.activity.events.append((now, len(events)))
+        self.metrics.observe_batch(time.perf_counter() - started)
+
+    def record_invalid(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.metrics.event_invalid(record["reason"])
+        self.store.add_dead_letters(records)
+
+    def tick(self, now: float | None = None) -> None:
+        """Housekeeping, called about once a second: let event time move on when input went quiet,
+        checkpoint, refresh the gauges."""
+        now = time.time() if now is None else now
+        engine = self.engine
+        watermark = engine.watermark_ms
+        idle = now - self.last_event_wall >= self.settings.idle_advance_s
+        if idle and watermark is not None:
+            lateness = self.settings.detection.allowed_lateness_ms
+            newest = watermark + lateness
+            target = newest + lateness + 1  # releases every buffered event
+            now_ms = int(now * 1000)
+            if abs(now_ms - newest) < LIVE_WINDOW_MS:
+                # A live stream: nothing older than now - lateness is still in flight.
+                target = max(target, now_ms)
+            engine.advance_watermark(target)
+            self._route(engine.drain())
+        if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+        self.refresh_gauges(now)
+
+    def refresh_gauges(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.metrics.tracked_users.set(len(self.engine.users))
+        counts = self.store.counts(now)
+        self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
+        horizon = now - 3600
+        for buffer in (self.activity.events, self.activity.signals):
+            while buffer and buffer[0][0] < horizon:
+                buffer.popleft()
+        while self._receipts and len(self._receipts) > 10_000:
+            self._receipts.popleft()
+
+    # -- output -----------------------------------------------------------------------------------
+    def _route(self, outputs: list[Output]) -> None:
+        if not outputs:
+            return
+        now = time.time()
+        late = []
+        for out in outputs:
+            if isinstance(out, Flag):
+                if self.store.upsert_flag(out):
+                    if out.update == 0:
+                        self.metrics.flag_opened(out.severity)
+                    else:
+                        self.metrics.flag_escalated(out.severity)
+                    self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
+            elif isinstance(out, Signal):
+                self.metrics.signal(out.kind)
+                self.activity.signals.append((now, out.kind))
+                e = out.evidence
+                if isinstance(e, RageClickEvidence):
+                    control = e.label or e.target or "?"
+                    self.activity.rage_controls[(e.page or "?", control)] += 1
+            elif isinstance(out, SecurityAlert):
+                if self.store.add_alert(out):
+                    self.metrics.security_alert(out.kind)
+                    log.warning("credential stuffing alert %s", out.alert_id)
+            elif isinstance(out, LateEvent):
+                self.metrics.events_late.inc()
+                late.append(late_record(out))
+        if late:
+            self.store.add_dead_letters(late)
+
+    def _count_duplicates(self) -> None:
+        duplicates = self.engine.stats.duplicates
+        if duplicates > self._duplicates_counted:
+            self.metrics.events_duplicate.inc(duplicates - self._duplicates_counted)
+            self._duplicates_counted = duplicates
+
+    def _receipt(self, flag: Flag) -> float:
+        """Wall time the flag's triggering event arrived (the first batch reaching its time)."""
+        for newest, at in self._receipts:
+            if newest >= flag.ts:
+                return at
+        return time.time()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Write the detector state atomically (temp file, fsync, rename)."""
+        path = Path(self.settings.checkpoint_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        blob = self.engine.snapshot()
+        with open(tmp, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self.last_checkpoint = time.time()
+        log.info(
+            "checkpointed detector state: %d users, %d bytes", len(self.engine.users), len(blob)
+        )
+
+    def _restore(self) -> None:
+        path = Path(self.settings.checkpoint_path)
+        if not path.exists():
+            return
+        try:
+            self.engine.restore(path.read_bytes())
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # a torn or foreign file: say so, never guess
+            raise ConfigurationError(f"cannot read checkpoint {path}: {exc}") from exc
+        log.info("resumed detector state of %d users from %s", len(self.engine.users), path)

@@ -1,0 +1,169 @@
+"""The two server-rendered pages: `/queue` for support agents, `/ops` for platform ops.
+
+Small HTML, no front-end build, no script beyond a refresh; every value is escaped."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from signals.flags import SEVERITIES, SIGNAL_KINDS
+from streams.queue_store import OUTCOMES, QueueStore
+
+if TYPE_CHECKING:
+    from streams.embedded import EmbeddedRunner
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#243b53;color:#fff;padding:10px 20px;display:flex;gap:24px;align-items:baseline}
+header a{color:#d9e2ec} main{padding:16px 20px;max-width:1280px}
+h1{font-size:19px;margin:0} h2{font-size:16px;margin:22px 0 8px}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{padding:7px 9px;border-bottom:1px solid #e1e5ea;text-align:left;vertical-align:top}
+th{font-size:13px;color:#52606d;background:#eef1f4}
+.sev{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:13px}
+.critical{background:#8a041a;color:#fff}.high{background:#d64545;color:#fff}
+.medium{background:#f0b429}.low{background:#bcccdc}
+.muted{color:#7b8794;font-size:13px} form{display:inline-flex;gap:4px;margin:2px 0}
+input,select,button{font:inherit;font-size:13px;padding:2px 6px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:12px}
+.card{background:#fff;padding:12px 14px;border:1px solid #e1e5ea;border-radius:6px}
+.card b{display:block;font-size:24px} .error{background:#ffe3e3;padding:8px;margin-bottom:10px}
+"""
+
+
+def _layout(title: str, body: str, refresh_s: int) -> str:
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="refresh" content="{refresh_s}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)} · frustration-signals</title><style>{_STYLE}</style></head>"
+        f"<body><header><h1>{escape(title)}</h1><a href=/queue>Support queue</a>"
+        f"<a href=/ops>Operations</a><span class=muted>refreshes every {refresh_s} s</span>"
+        f"</header><main>{body}</main></body></html>"
+    )
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _evidence(flag: dict[str, Any]) -> str:
+    parts = []
+    for kind in SIGNAL_KINDS:
+        signals = [s for s in flag.get("signals", []) if s["kind"] == kind]
+        if signals:
+            parts.append(f"{kind.replace('_', ' ')} ×{len(signals)}")
+    return ", ".join(parts)
+
+
+def queue_page(store: QueueStore, error: str | None = None) -> str:
+    now = time.time()
+    rows = []
+    for f in store.list_flags(limit=300):
+        if f["status"] == "resolved":
+            continue
+        fid = escape(f["flag_id"])
+        if f["status"] == "open":
+            action = (
+                f'<form method=post action="/v1/flags/{fid}/claim">'
+                '<input name=agent placeholder="your name" required size=10>'
+                "<button>Claim</button></form>"
+            )
+        else:
+            options = "".join(f"<option>{o}</option>" for o in OUTCOMES)
+            action = (
+                f"<span class=muted>claimed by {escape(f['claimed_by'] or '?')}</span><br>"
+                f'<form method=post action="/v1/flags/{fid}/resolve">'
+                f"<select name=outcome>{options}</select>"
+                '<input name=note placeholder="short note" maxlength=500 size=14>'
+                "<button>Resolve</button></form>"
+            )
+        rows.append(
+            f'<tr><td><span class="sev {escape(f["severity"])}">{escape(f["severity"])}</span>'
+            f"</td><td>{_age(now - f['created_at'])}</td>"
+            f"<td><code>{escape(f['user_id'])}</code></td>"
+            f"<td>{escape(f['reason'])}<br><span class=muted>{escape(_evidence(f))} · "
+            f'score {f["score"]} · update {f["update"]} · <a href="/v1/flags/{fid}">evidence</a>'
+            f"</span></td><td>{escape(f['status'])}</td><td>{action}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>Severity</th><th>Waiting</th><th>Client</th><th>What happened</th>"
+        "<th>Status</th><th></th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No one is waiting for outreach right now.</p>"
+    )
+    alerts = store.list_alerts(limit=20)
+    alert_rows = "".join(
+        f"<tr><td>{escape(a['ts'])}</td><td><code>{escape(a['ip'])}</code></td>"
+        f"<td>{a['distinct_accounts']} accounts, {a['failures']} failures</td></tr>"
+        for a in alerts
+    )
+    alert_html = (
+        "<h2>Security alerts (credential stuffing: not for outreach)</h2><table><tr><th>When</th>"
+        f"<th>Source IP</th><th>Scale</th></tr>{alert_rows}</table>"
+        if alerts
+        else ""
+    )
+    counts = store.counts(now)
+    summary = (
+        f"<p class=muted>{counts.by_status['open']} open, {counts.by_status['claimed']} claimed; "
+        f"oldest open waiting {_age(counts.oldest_open_age_s)}. Highest severity first, then "
+        "longest waiting.</p>"
+    )
+    banner = f"<div class=error>{escape(error)}</div>" if error else ""
+    return _layout("Support queue", banner + summary + table + alert_html, refresh_s=10)
+
+
+def ops_page(runner: EmbeddedRunner) -> str:
+    now = time.time()
+    activity = runner.activity
+    last_minute = sum(n for t, n in activity.events if t >= now - 60)
+    signals_10m = Counter(kind for t, kind in activity.signals if t >= now - 600)
+    counts = runner.store.counts(now)
+    stats = runner.engine.stats
+    cards = [
+        ("events / s (last minute)", f"{last_minute / 60:.1f}"),
+        ("tracked users", f"{len(runner.engine.users)}"),
+        ("open flags", f"{counts.by_status['open']}"),
+        ("claimed flags", f"{counts.by_status['claimed']}"),
+        ("oldest open flag", _age(counts.oldest_open_age_s)),
+        ("late events (total)", f"{stats.late}"),
+        ("duplicate events (total)", f"{stats.duplicates}"),
+        ("security alerts (total)", f"{stats.alerts}"),
+    ]
+    cards_html = "".join(f"<div class=card><b>{v}</b>{escape(k)}</div>" for k, v in cards)
+    signal_rows = "".join(
+        f"<tr><td>{k.replace('_', ' ')}</td><td>{signals_10m[k] / 10:.1f}</td>"
+        f"<td>{stats.signals[k]}</td></tr>"
+        for k in SIGNAL_KINDS
+    )
+    severity_rows = "".join(
+        f'<tr><td><span class="sev {s}">{s}</span></td><td>{counts.open_by_severity[s]}</td>'
+        f"<td>{stats.flags[s]}</td><td>{stats.escalations[s]}</td></tr>"
+        for s in SEVERITIES
+    )
+    top = activity.rage_controls.most_common(10)
+    top_rows = (
+        "".join(
+            f"<tr><td>{escape(page)}</td><td>{escape(control)}</td><td>{n}</td></tr>"
+            for (page, control), n in top
+        )
+        or "<tr><td colspan=3 class=muted>no rage clicks yet</td></tr>"
+    )
+    body = (
+        f"<div class=cards>{cards_html}</div>"
+        "<h2>Signals</h2><table><tr><th>kind</th><th>per minute (last 10 min)</th>"
+        f"<th>total</th></tr>{signal_rows}</table>"
+        "<h2>Flags by severity</h2><table><tr><th>severity</th><th>open now</th>"
+        f"<th>opened (total)</th><th>escalated to (total)</th></tr>{severity_rows}</table>"
+        "<h2>Where people rage-click</h2><table><tr><th>page</th><th>control</th>"
+        f"<th>rage-click signals</th></tr>{top_rows}</table>"
+    )
+    return _layout("Operations", body, refresh_s=5)
