@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import pickle
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
@@ -113,7 +113,8 @@ class DetectionEngine:
         self._buffer: list[tuple[int, str, str, int, AnyEvent]] = []
         self._seq = 0
         self._timers: list[tuple[int, str]] = []
-        self._seen: dict[str, int] = {}
+        self._seen: set[str] = set()
+        self._seen_order: deque[tuple[int, str]] = deque()  # (ts, event_id) in arrival order
         self._max_ts: int | None = None
         self._last_sweep = 0
 
@@ -133,7 +134,8 @@ class DetectionEngine:
             if event_id in self._seen:
                 self.stats.duplicates += 1
                 return
-            self._seen[event_id] = ts
+            self._seen.add(event_id)
+            self._seen_order.append((ts, event_id))
         max_ts = self._max_ts
         if max_ts is not None and ts < max_ts - self.config.allowed_lateness_ms:
             self.stats.late += 1
@@ -162,7 +164,7 @@ class DetectionEngine:
         buffer = self._buffer
         while buffer and (watermark is None or buffer[0][0] < watermark):
             self._process(heapq.heappop(buffer)[4])
-        if watermark is not None and self._seen:
+        if watermark is not None and self._seen_order:
             self._forget_event_ids(watermark - self.config.dedup_window_ms)
 
     def _process(self, event: AnyEvent) -> None:
@@ -246,12 +248,9 @@ class DetectionEngine:
 
     # -- memory -----------------------------------------------------------------------------------
     def _forget_event_ids(self, cutoff: int) -> None:
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] >= cutoff:
-                break
-            del seen[oldest]
+        order = self._seen_order
+        while order and order[0][0] < cutoff:
+            self._seen.discard(order.popleft()[1])
 
     def _sweep(self, now: int) -> None:
         """Forget users idle past the TTL (keeping open flags until their cooldown ends)."""
@@ -279,7 +278,7 @@ class DetectionEngine:
             self._buffer,
             self._seq,
             self._timers,
-            self._seen,
+            self._seen_order,
             self._max_ts,
             self._last_sweep,
         )
@@ -300,10 +299,11 @@ class DetectionEngine:
             self._buffer,
             self._seq,
             self._timers,
-            self._seen,
+            self._seen_order,
             self._max_ts,
             self._last_sweep,
         ) = data
+        self._seen = {event_id for _, event_id in self._seen_order}
 
     def drain(self) -> list[Output]:
         """Take everything in the outbox."""
