@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from typing import Literal
 
 from detectors.config import DetectionConfig
@@ -27,7 +28,7 @@ class RageClickState:
     reported_clicks: int = 0  # clicks of this burst already turned into signals
     # Start times of recent shorter bursts (rage_burst_min_clicks+) on `bursts_control`.
     bursts_control: str | None = None
-    burst_starts: list[int] = field(default_factory=list)
+    burst_starts: list[int] | None = None
     burst_clicks: int = 0
 
 
@@ -87,9 +88,20 @@ class RageClickDetector:
         self._input_types = frozenset(c.rage_ignored_input_types)
         self._elements = frozenset(c.rage_ignored_elements)
         self._text_elements = frozenset(c.rage_text_elements)
+        # Pages have few distinct controls: remember each (label, role, input type, element) verdict.
+        self._ignored_cache: dict[tuple[str | None, ...], bool] = {}
 
     def is_ignored(self, event: ClickEvent) -> bool:
         """True for controls people click fast on purpose (never rage)."""
+        key = (event.label, event.role, event.input_type, event.element)
+        verdict = self._ignored_cache.get(key)
+        if verdict is None:
+            if len(self._ignored_cache) > 50_000:
+                self._ignored_cache.clear()
+            verdict = self._ignored_cache[key] = self._is_ignored(event)
+        return verdict
+
+    def _is_ignored(self, event: ClickEvent) -> bool:
         if event.role is not None and event.role.lower() in self._roles:
             return True
         if event.input_type is not None and event.input_type.lower() in self._input_types:
@@ -124,7 +136,7 @@ class RageClickDetector:
         if state.clicks - state.reported_clicks >= c.rage_min_clicks:
             counted = state.clicks - state.reported_clicks
             state.reported_clicks = state.clicks
-            state.burst_starts.clear()
+            state.burst_starts = None
             return self._signal(state, event, "burst", counted, 1, ts - state.first_ts)
         if state.clicks == c.rage_burst_min_clicks:
             return self._count_short_burst(state, event)
@@ -140,8 +152,9 @@ class RageClickDetector:
         return abs(event.x - state.x) + abs(event.y - state.y) <= self.config.rage_radius_px
 
     def _start_burst(self, state: RageClickState, event: ClickEvent) -> None:
-        state.control = event.target
-        state.page = event.page
+        # Interned: thousands of users' states then share one copy of each selector and path.
+        state.control = None if event.target is None else sys.intern(event.target)
+        state.page = None if event.page is None else sys.intern(event.page)
         state.first_ts = event.ts
         state.clicks = 1
         state.max_gap_ms = 0
@@ -153,22 +166,23 @@ class RageClickDetector:
     def _count_short_burst(self, state: RageClickState, event: ClickEvent) -> Signal | None:
         c = self.config
         key = state.control if state.control is not None else f"@{state.page}"
-        if state.bursts_control != key:
+        starts = state.burst_starts
+        if starts is None or state.bursts_control != key:
             state.bursts_control = key
-            state.burst_starts.clear()
+            starts = state.burst_starts = []
             state.burst_clicks = 0
         horizon = event.ts - c.rage_bursts_window_ms
-        if state.burst_starts and state.burst_starts[0] < horizon:
-            state.burst_starts[:] = [t for t in state.burst_starts if t >= horizon]
-            if not state.burst_starts:
+        if starts and starts[0] < horizon:
+            starts[:] = [t for t in starts if t >= horizon]
+            if not starts:
                 state.burst_clicks = 0
-        state.burst_starts.append(state.first_ts)
+        starts.append(state.first_ts)
         state.burst_clicks += state.clicks
-        if len(state.burst_starts) < c.rage_bursts_required:
+        if len(starts) < c.rage_bursts_required:
             return None
-        bursts, clicks = len(state.burst_starts), state.burst_clicks
-        span = event.ts - state.burst_starts[0]
-        state.burst_starts.clear()
+        bursts, clicks = len(starts), state.burst_clicks
+        span = event.ts - starts[0]
+        state.burst_starts = None
         state.burst_clicks = 0
         return self._signal(state, event, "repeated_bursts", clicks, bursts, span)
 
