@@ -88,7 +88,7 @@ class RageClickDetector:
         self._input_types = frozenset(c.rage_ignored_input_types)
         self._elements = frozenset(c.rage_ignored_elements)
         self._text_elements = frozenset(c.rage_text_elements)
-        # Pages have few distinct controls: remember each (label, role, input type, element) verdict.
+        # Pages have few distinct controls: remember the verdict per (label, role, type, element).
         self._ignored_cache: dict[tuple[str | None, ...], bool] = {}
 
     def is_ignored(self, event: ClickEvent) -> bool:
