@@ -17,6 +17,7 @@ class ChatState:
     waiting_since: int | None = None  # first client message not yet followed by an agent message
     unanswered: int = 0
     agent_messages: int = 0
+    channel: str | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +77,8 @@ class AbruptChatEndDetector:
             if len(chats) >= self.config.chat_max_open_per_user:
                 del chats[next(iter(chats))]  # forget the oldest open chat
             chat = chats[event.chat_id] = ChatState(first_ts=event.ts)
+        if event.channel is not None:
+            chat.channel = event.channel
         if event.action == "message":
             if event.sender == "agent":
                 chat.waiting_since = None
@@ -107,6 +110,6 @@ class AbruptChatEndDetector:
             agent_messages=chat.agent_messages,
             ended_by=ended_by,
             duration_ms=event.ts - chat.first_ts,
-            channel=event.channel,
+            channel=event.channel or chat.channel,
         )
         return Signal(kind="abrupt_chat_end", ts=event.ts, strength=strength, evidence=evidence)

@@ -152,7 +152,9 @@ class DetectionEngine:
         """Move event time forward without an event (input went quiet); never backwards."""
         if self._max_ts is None or ts > self._max_ts:
             self._max_ts = ts
-            self._release(ts - self.config.allowed_lateness_ms)
+            watermark = ts - self.config.allowed_lateness_ms
+            self._release(watermark)
+            self._fire_timers(watermark)
 
     def flush(self) -> None:
         """End of input: process everything buffered and fire every pending timer."""

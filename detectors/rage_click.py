@@ -27,9 +27,10 @@ class RageClickState:
     text_like: bool = False
     reported_clicks: int = 0  # clicks of this burst already turned into signals
     # Start times of recent shorter bursts (rage_burst_min_clicks+) on `bursts_control`.
-    bursts_control: str | None = None
-    burst_starts: list[int] | None = None
-    burst_clicks: int = 0
+    bursts_control: tuple[str | None, str | None] | None = None
+    bursts_x: float | None = None
+    bursts_y: float | None = None
+    burst_starts: list[tuple[int, int]] | None = None  # (start ts, clicks) of each short burst
 
 
 class RageClickDetector:
@@ -151,6 +152,17 @@ class RageClickDetector:
             return False
         return abs(event.x - state.x) + abs(event.y - state.y) <= self.config.rage_radius_px
 
+    def _same_burst_control(self, state: RageClickState, event: ClickEvent) -> bool:
+        """Whether this burst is on the control of the earlier short bursts."""
+        if state.bursts_control != (state.page, state.control):
+            return False
+        if state.control is not None:
+            return True
+        x, y, bx, by = event.x, event.y, state.bursts_x, state.bursts_y
+        if x is None or y is None or bx is None or by is None:
+            return False
+        return abs(x - bx) + abs(y - by) <= self.config.rage_radius_px
+
     def _start_burst(self, state: RageClickState, event: ClickEvent) -> None:
         # Interned: thousands of users' states then share one copy of each selector and path.
         state.control = None if event.target is None else sys.intern(event.target)
@@ -165,25 +177,20 @@ class RageClickDetector:
 
     def _count_short_burst(self, state: RageClickState, event: ClickEvent) -> Signal | None:
         c = self.config
-        key = state.control if state.control is not None else f"@{state.page}"
         starts = state.burst_starts
-        if starts is None or state.bursts_control != key:
-            state.bursts_control = key
+        if starts is None or not self._same_burst_control(state, event):
+            state.bursts_control = (state.page, state.control)
+            state.bursts_x, state.bursts_y = event.x, event.y
             starts = state.burst_starts = []
-            state.burst_clicks = 0
         horizon = event.ts - c.rage_bursts_window_ms
-        if starts and starts[0] < horizon:
-            starts[:] = [t for t in starts if t >= horizon]
-            if not starts:
-                state.burst_clicks = 0
-        starts.append(state.first_ts)
-        state.burst_clicks += state.clicks
+        if starts and starts[0][0] < horizon:
+            starts[:] = [b for b in starts if b[0] >= horizon]
+        starts.append((state.first_ts, state.clicks))
         if len(starts) < c.rage_bursts_required:
             return None
-        bursts, clicks = len(starts), state.burst_clicks
-        span = event.ts - starts[0]
+        bursts, clicks = len(starts), sum(n for _, n in starts)
+        span = event.ts - starts[0][0]
         state.burst_starts = None
-        state.burst_clicks = 0
         return self._signal(state, event, "repeated_bursts", clicks, bursts, span)
 
     def _signal(

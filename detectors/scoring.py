@@ -119,7 +119,7 @@ class FlagScorer:
             state.updates = 0
             state.severity = self.severity(score)
             state.kinds = frozenset({signal.kind})
-            state.flag_signals = [s for s in state.signals if s.ts >= now - c.score_half_life_ms]
+            state.flag_signals = list(state.signals)  # every signal the score was built from
             return self._emit(state, user_id, signal, score)
         assert state.severity is not None
         state.flag_signals.append(signal)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from signals.events import ChatEvent, ClickEvent, Event, LoginEvent
+from signals.events import ChatEvent, ClickEvent, Event, LoginEvent, _path_only
 from signals.exceptions import InvalidEvent, InvalidReason
 
 AnyEvent = ClickEvent | LoginEvent | ChatEvent
@@ -32,6 +32,8 @@ WIRE_FIELDS: frozenset[str] = frozenset(
 
 def parse_event(raw: bytes | str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyEvent:
     """Parse one JSON event. Raises `InvalidEvent` (with a reason code) for anything unusable."""
+    if isinstance(raw, str):
+        raw = raw.encode()
     if len(raw) > max_bytes:
         raise InvalidEvent("oversized", f"{len(raw)} bytes, limit {max_bytes}")
     try:
@@ -98,7 +100,12 @@ def dead_letter_record(raw: bytes | str, error: InvalidEvent, source: str) -> di
         except orjson.JSONDecodeError:
             obj = None
         if isinstance(obj, dict):
-            record["fields"] = {k: v for k, v in obj.items() if k in WIRE_FIELDS}
+            record["fields"] = {
+                k: _path_only(v) if k == "page" and isinstance(v, str) else v
+                for k, v in obj.items()
+                # Only scalars: a nested object in a wire field could carry anything.
+                if k in WIRE_FIELDS and (v is None or isinstance(v, bool | int | float | str))
+            }
     return record
 
 

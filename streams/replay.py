@@ -27,7 +27,8 @@ Sink = Callable[[dict[str, Any]], None]
 class ReplaySummary:
     """What a replay saw and produced."""
 
-    lines: int = 0
+    lines: int = 0  # non-blank input lines
+    blank: int = 0
     valid: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
     late: int = 0
@@ -36,7 +37,7 @@ class ReplaySummary:
     flags: Counter[str] = field(default_factory=Counter)  # new flags, by severity
     escalations: Counter[str] = field(default_factory=Counter)
     alerts: int = 0
-    users: int = 0
+    users: int = 0  # users still tracked at the end (idle ones are forgotten)
 
     def lines_of_text(self) -> list[str]:
         def fmt(counter: Counter[str]) -> str:
@@ -45,7 +46,7 @@ class ReplaySummary:
         return [
             f"events: {self.lines} lines, {self.valid} valid, "
             f"{sum(self.invalid.values())} invalid, {self.late} late, "
-            f"{self.duplicates} duplicates, {self.users} users",
+            f"{self.duplicates} duplicates, {self.users} users tracked at the end",
             f"invalid by reason: {fmt(self.invalid)}",
             f"signals by kind: {fmt(self.signals)}",
             f"flags by severity: {fmt(self.flags)} (escalations: {fmt(self.escalations)})",
@@ -87,18 +88,20 @@ class Replay:
         engine = self.engine
         push = engine.push
         max_bytes = self.max_event_bytes
+        line_no = summary.lines + summary.blank
         for raw in lines:
-            summary.lines += 1
+            line_no += 1
             if not raw.strip():
-                summary.lines -= 1  # blank lines separate nothing and are not events
+                summary.blank += 1  # blank lines separate nothing and are not events
                 continue
+            summary.lines += 1
             try:
                 event = parse_event(raw, max_bytes)
             except InvalidEvent as error:
                 summary.invalid[error.reason] += 1
                 if self.on_dead_letter is not None:
                     self.on_dead_letter(
-                        dead_letter_record(raw.rstrip(b"\r\n"), error, f"line {summary.lines}")
+                        dead_letter_record(raw.rstrip(b"\r\n"), error, f"line {line_no}")
                     )
                 continue
             summary.valid += 1
