@@ -121,7 +121,8 @@ async def post_events(request: web.Request) -> web.Response:
         if len(body) > settings.max_body_bytes:
             return answer(413, {"error": f"body larger than {settings.max_body_bytes} bytes"})
     received_at = time.time()
-    batch = decode_body(bytes(body), settings.max_event_bytes)
+    not_after_ms = int((received_at + settings.max_clock_skew_s) * 1000)
+    batch = decode_body(bytes(body), settings.max_event_bytes, not_after_ms)
     runner.record_invalid(batch.dead_letters)
     runner.ingest(batch.events, received_at)
     result = {"accepted": len(batch.events), "rejected": batch.rejected}

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds between detector-state checkpoints."
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest accepted POST body.")
+    max_clock_skew_s: float = Field(
+        600.0,
+        gt=0,
+        description="Events dated further than this ahead of the service's clock are rejected "
+        "(absurd_ts), so one wrong client clock cannot make everyone else's events late.",
+    )
     idle_advance_s: float = Field(
         2.0,
         gt=0,
