@@ -55,8 +55,11 @@ class EmbeddedRunner:
         self.metrics = metrics or FrustrationMetrics(runner="embedded")
         self.engine = DetectionEngine(settings.detection)
         self.activity = RecentActivity(deque(), deque(), Counter())
-        self.last_event_wall = 0.0
+        # A (re)start is not idleness: clients get idle_advance_s to resume before event time moves.
+        self.last_event_wall = time.time()
         self.last_checkpoint = time.time()
+        # Newest event time seen; idle advances aim past it, never past their own earlier target.
+        self.newest_event_ts: int | None = None
         # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
         self._receipts: deque[tuple[int, float]] = deque()
         self._duplicates_counted = 0
@@ -78,6 +81,8 @@ class EmbeddedRunner:
             lag.observe(max(0.0, now - event.ts / 1000))
             newest = max(newest, event.ts)
         self._receipts.append((newest, now))
+        if self.newest_event_ts is None or newest > self.newest_event_ts:
+            self.newest_event_ts = newest
         push = self.engine.push
         for event in events:
             push(event)
@@ -97,11 +102,12 @@ class EmbeddedRunner:
         checkpoint, refresh the gauges."""
         now = time.time() if now is None else now
         engine = self.engine
-        watermark = engine.watermark_ms
+        newest = self.newest_event_ts
         idle = now - self.last_event_wall >= self.settings.idle_advance_s
-        if idle and watermark is not None:
+        if idle and newest is not None:
+            # From the newest *event*, not from the watermark: an advance must not compound, or
+            # every idle tick would push event time another lateness ahead of real time.
             lateness = self.settings.detection.allowed_lateness_ms
-            newest = watermark + lateness
             target = newest + lateness + 1  # releases every buffered event
             now_ms = int(now * 1000)
             if abs(now_ms - newest) < LIVE_WINDOW_MS:
@@ -196,4 +202,7 @@ class EmbeddedRunner:
             raise
         except Exception as exc:  # a torn or foreign file: say so, never guess
             raise ConfigurationError(f"cannot read checkpoint {path}: {exc}") from exc
+        watermark = self.engine.watermark_ms
+        if watermark is not None:
+            self.newest_event_ts = watermark + self.settings.detection.allowed_lateness_ms
         log.info("resumed detector state of %d users from %s", len(self.engine.users), path)
