@@ -15,7 +15,7 @@ few events are delivered twice with the same event_id.
 
 The ground truth has one record per user: whether they were frustrated, and each episode's kind,
 `start_ts` (its first event) and `evident_ts` (when an observer could tell: the first hammering
-click, the last failed login, the chat's end).
+click, the fifth failed login, the chat's end).
 """
 
 from __future__ import annotations
@@ -374,10 +374,13 @@ class Simulator:
     def _lockout(self, u: _User) -> None:
         rng = self.rng
         start = u.t
-        for _ in range(rng.randint(5, 9)):
+        evident = start
+        for attempt in range(rng.randint(5, 9)):
             u.login("failure", rng.choice(["bad_password", "bad_password", "bad_otp"]))
+            if attempt == 4:
+                evident = u.t  # the fifth failure: from here an observer can tell
             u.wait(6_000, 75_000)
-        u.truth.episodes.append(Episode("failed_logins", start, u.t))
+        u.truth.episodes.append(Episode("failed_logins", start, evident))
         u.think()
 
     def _abandoned(self, u: _User) -> None:
