@@ -48,6 +48,12 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from signals.events import EVENT_TYPES as _EVENT_TYPES
+from signals.exceptions import INVALID_REASONS as _INVALID_REASONS
+from signals.flags import SEVERITIES as _SEVERITIES
+from signals.flags import SIGNAL_KINDS as _SIGNAL_KINDS
+from streams.queue_store import STATUSES as _QUEUE_STATUSES
+
 __all__ = [
     "EVENT_LAG_BUCKETS",
     "EVENT_TYPES",
@@ -68,24 +74,15 @@ __all__ = [
     "label_values",
 ]
 
-EVENT_TYPES: tuple[str, ...] = ("click", "login", "chat")
-INVALID_REASONS: tuple[str, ...] = (
-    "not_json",
-    "not_object",
-    "oversized",
-    "missing_field",
-    "wrong_type",
-    "invalid_value",
-    "unknown_type",
-    "bad_ts",
-    "absurd_ts",
-)
-SIGNAL_KINDS: tuple[str, ...] = ("rage_click", "failed_logins", "abrupt_chat_end")
-SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+# The closed label sets come from the models they describe, so they cannot drift apart.
+EVENT_TYPES: tuple[str, ...] = _EVENT_TYPES
+INVALID_REASONS: tuple[str, ...] = _INVALID_REASONS
+SIGNAL_KINDS: tuple[str, ...] = _SIGNAL_KINDS
+SEVERITIES: tuple[str, ...] = _SEVERITIES
 SECURITY_ALERT_KINDS: tuple[str, ...] = ("credential_stuffing",)
 INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
 PROCESSING_STAGES: tuple[str, ...] = ("batch",)
-QUEUE_STATUSES: tuple[str, ...] = ("open", "claimed", "resolved")
+QUEUE_STATUSES: tuple[str, ...] = _QUEUE_STATUSES
 INGEST_CODES: tuple[str, ...] = ("202", "400", "401", "413", "415", "500")
 RUNNERS: tuple[str, ...] = ("embedded", "kafka")
 

@@ -189,36 +189,36 @@ async def _body_json(request: web.Request) -> dict[str, Any]:
     return dict(await request.post())
 
 
-async def claim_flag(request: web.Request) -> web.StreamResponse:
-    flag_id = request.match_info["flag_id"]
+async def _queue_action(
+    request: web.Request, action: Callable[[QueueStore, str, dict[str, Any]], dict[str, Any]]
+) -> web.StreamResponse:
+    """Claim or resolve: JSON in and out for the API, a form post and a redirect for the page."""
+    from_page = request.content_type != "application/json"
     try:
         data = await _body_json(request)
-        result = _store(request).claim(flag_id, str(data.get("agent", "")))
+        result = action(_store(request), request.match_info["flag_id"], data)
     except (QueueError, orjson.JSONDecodeError) as exc:
-        status = 404 if str(exc).startswith("no flag") else 409
-        if request.content_type != "application/json":
+        if from_page:
             raise web.HTTPSeeOther(f"/queue?error={exc}") from None
-        return _json({"error": str(exc)}, status)
-    if request.content_type != "application/json":
+        return _json({"error": str(exc)}, 404 if str(exc).startswith("no flag") else 409)
+    if from_page:
         raise web.HTTPSeeOther("/queue")
     return _json(result)
+
+
+async def claim_flag(request: web.Request) -> web.StreamResponse:
+    return await _queue_action(
+        request, lambda store, flag_id, data: store.claim(flag_id, str(data.get("agent", "")))
+    )
 
 
 async def resolve_flag(request: web.Request) -> web.StreamResponse:
-    flag_id = request.match_info["flag_id"]
-    try:
-        data = await _body_json(request)
-        result = _store(request).resolve(
+    return await _queue_action(
+        request,
+        lambda store, flag_id, data: store.resolve(
             flag_id, str(data.get("outcome", "")), str(data.get("note", ""))
-        )
-    except (QueueError, orjson.JSONDecodeError) as exc:
-        status = 404 if str(exc).startswith("no flag") else 409
-        if request.content_type != "application/json":
-            raise web.HTTPSeeOther(f"/queue?error={exc}") from None
-        return _json({"error": str(exc)}, status)
-    if request.content_type != "application/json":
-        raise web.HTTPSeeOther("/queue")
-    return _json(result)
+        ),
+    )
 
 
 async def list_alerts(request: web.Request) -> web.Response:
