@@ -11,15 +11,15 @@ Times are epoch milliseconds in memory and RFC 3339 (UTC, millisecond precision)
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 SignalKind = Literal["rage_click", "failed_logins", "abrupt_chat_end"]
-SIGNAL_KINDS: tuple[SignalKind, ...] = ("rage_click", "failed_logins", "abrupt_chat_end")
+SIGNAL_KINDS: tuple[SignalKind, ...] = get_args(SignalKind)
 
 Severity = Literal["low", "medium", "high", "critical"]
-SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)  # lowest first
 
 
 def format_ts(ms: int) -> str:

@@ -104,6 +104,16 @@ def waiting_chat(
 
 
 # -- engine runs ----------------------------------------------------------------------------------
+def learn_all(detector: Any, state: Any, events: Iterable[AnyEvent]) -> list[Signal]:
+    """Feed events one by one to a detector's `learn_one` and collect the signals it returns."""
+    out: list[Signal] = []
+    for event in events:
+        signal = detector.learn_one(state, event)
+        if signal is not None:
+            out.append(signal)
+    return out
+
+
 def run_engine(
     events: Iterable[AnyEvent], config: DetectionConfig | None = None, flush: bool = True
 ) -> list[Output]:

@@ -16,6 +16,7 @@ from tests.unit.builders import (
     chat,
     engine_flags,
     flags_of,
+    learn_all,
     run_engine,
     signals_of,
     waiting_chat,
@@ -23,14 +24,7 @@ from tests.unit.builders import (
 
 
 def chat_signals(events: Iterable[ChatEvent], config: DetectionConfig | None = None) -> list:
-    detector = AbruptChatEndDetector(config)
-    state = AbruptChatState()
-    out: list[Signal] = []
-    for event in events:
-        signal = detector.learn_one(state, event)
-        if signal is not None:
-            out.append(signal)
-    return out
+    return learn_all(AbruptChatEndDetector(config), AbruptChatState(), events)
 
 
 def evidence(signal: Signal) -> AbruptChatEvidence:

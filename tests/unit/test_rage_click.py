@@ -10,18 +10,11 @@ from detectors.config import DetectionConfig
 from detectors.rage_click import RageClickDetector, RageClickState
 from signals.events import ClickEvent
 from signals.flags import RageClickEvidence, Signal
-from tests.unit.builders import SECOND, click, clicks, engine_flags
+from tests.unit.builders import SECOND, click, clicks, engine_flags, learn_all
 
 
 def rage_signals(events: Iterable[ClickEvent], config: DetectionConfig | None = None) -> list:
-    detector = RageClickDetector(config)
-    state = RageClickState()
-    out: list[Signal] = []
-    for event in events:
-        signal = detector.learn_one(state, event)
-        if signal is not None:
-            out.append(signal)
-    return out
+    return learn_all(RageClickDetector(config), RageClickState(), events)
 
 
 def evidence(signal: Signal) -> RageClickEvidence:
