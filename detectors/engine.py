@@ -17,6 +17,11 @@ The data path, for one event::
 
 Runners (`streams.embedded`, `streams.kafka_worker`) call `push` for each event and drain
 `outbox`; `flush` at the end of a finite input releases everything and fires every timer.
+
+The Kafka runner runs one engine per partition of users. Credential stuffing is judged per IP,
+across users, so each partition's engine also receives every other partition's failed logins as
+*source-only* copies (`push(event, source_only=True)`): they feed the per-IP state and nothing
+else, so every engine judges an IP exactly as one engine seeing everything would.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 #: How often (event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000
@@ -74,6 +79,7 @@ class EngineStats:
     """Counts since start, for summaries and metrics."""
 
     events: Counter[str] = field(default_factory=Counter)  # processed, by type
+    source_copies: int = 0  # source-only copies processed (Kafka runner)
     duplicates: int = 0
     late: int = 0
     signals: Counter[str] = field(default_factory=Counter)  # by kind
@@ -110,7 +116,8 @@ class DetectionEngine:
         self.sources: dict[str, SourceState] = {}
         self.outbox: list[Output] = []
         self.stats = EngineStats()
-        self._buffer: list[tuple[int, str, str, int, AnyEvent]] = []
+        # (ts, user_id, tiebreak, seq, source_only, event): a total order, whatever the arrival.
+        self._buffer: list[tuple[int, str, str, int, bool, AnyEvent]] = []
         self._seq = 0
         self._timers: list[tuple[int, str]] = []
         self._seen: set[str] = set()
@@ -126,8 +133,11 @@ class DetectionEngine:
             return None
         return self._max_ts - self.config.allowed_lateness_ms
 
-    def push(self, event: AnyEvent) -> None:
-        """Accept one event; outputs it completes are appended to `outbox`."""
+    def push(self, event: AnyEvent, *, source_only: bool = False) -> None:
+        """Accept one event; outputs it completes are appended to `outbox`.
+
+        `source_only`: a failed login owned by another engine, seen here only for the per-IP
+        credential-stuffing state (no user state, no alert, not counted as an event)."""
         ts = event.ts
         event_id = event.event_id
         if event_id is not None:
@@ -138,12 +148,13 @@ class DetectionEngine:
             self._seen_order.append((ts, event_id))
         max_ts = self._max_ts
         if max_ts is not None and ts < max_ts - self.config.allowed_lateness_ms:
-            self.stats.late += 1
-            self.outbox.append(LateEvent(event, max_ts - self.config.allowed_lateness_ms))
+            if not source_only:  # the owning engine reports it
+                self.stats.late += 1
+                self.outbox.append(LateEvent(event, max_ts - self.config.allowed_lateness_ms))
             return
         tiebreak = event_id if event_id is not None else event.model_dump_json()
         self._seq += 1
-        heapq.heappush(self._buffer, (ts, event.user_id, tiebreak, self._seq, event))
+        heapq.heappush(self._buffer, (ts, event.user_id, tiebreak, self._seq, source_only, event))
         if max_ts is None or ts > max_ts:
             self._max_ts = max_ts = ts
             self._release(max_ts - self.config.allowed_lateness_ms)
@@ -165,7 +176,11 @@ class DetectionEngine:
     def _release(self, watermark: int | None) -> None:
         buffer = self._buffer
         while buffer and (watermark is None or buffer[0][0] < watermark):
-            self._process(heapq.heappop(buffer)[4])
+            _, _, _, _, source_only, event = heapq.heappop(buffer)
+            if source_only:
+                self._observe_source(event)
+            else:
+                self._process(event)
         if watermark is not None and self._seen_order:
             self._forget_event_ids(watermark - self.config.dedup_window_ms)
 
@@ -198,16 +213,30 @@ class DetectionEngine:
         if signal is not None:
             self._signal(state, user_id, signal)
 
+    def _observe_source(self, event: AnyEvent) -> None:
+        """A source-only copy: timers and the sweep see its time, the per-IP state its failure."""
+        ts = event.ts
+        if self._timers and self._timers[0][0] < ts:
+            self._fire_timers(ts)
+        if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
+            self._sweep(ts)
+        self.stats.source_copies += 1
+        self._learn_source(event)
+
+    def _learn_source(self, event: AnyEvent) -> SecurityAlert | None:
+        if event.type != "login" or event.outcome != "failure" or event.ip is None:
+            return None
+        source = self.sources.get(event.ip)
+        if source is None:
+            source = self.sources[event.ip] = SourceState()
+        return self.stuffing.learn_one(source, event)
+
     def _login(self, state: UserState, event: AnyEvent) -> None:
         assert event.type == "login"
-        if event.outcome == "failure" and event.ip is not None:
-            source = self.sources.get(event.ip)
-            if source is None:
-                source = self.sources[event.ip] = SourceState()
-            alert = self.stuffing.learn_one(source, event)
-            if alert is not None:
-                self.stats.alerts += 1
-                self.outbox.append(alert)
+        alert = self._learn_source(event)
+        if alert is not None:
+            self.stats.alerts += 1
+            self.outbox.append(alert)
         if state.logins is None:
             state.logins = FailedLoginState()
         before = state.logins.deadline
