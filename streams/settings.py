@@ -76,8 +76,37 @@ class Settings(BaseSettings):
     )
     incidents_topic: str = Field("frustration.incidents", description="Incidents.")
     topic_partitions: int = Field(8, ge=1, description="Partitions of topics created when missing.")
+    topic_replication: int = Field(
+        1,
+        ge=1,
+        description="Replication factor of topics created when missing (at most the number of "
+        "brokers; 1 for a single broker).",
+    )
+    worker_web_host: str = Field(
+        "127.0.0.1", description="Address the worker's web/metrics port binds to."
+    )
     worker_web_port: int = Field(6066, ge=0, le=65535, description="Worker web/metrics port.")
     worker_data_dir: Path = Field(Path("data/worker"), description="Worker data directory.")
     table_store: str = Field(
         "memory://", description="faust table store: memory:// or rocksdb:// (rocksdict)."
     )
+    worker_app_id: str = Field(
+        "frustration-signals",
+        description="faust app id: the workers' consumer group and the prefix of their internal "
+        "topics (the by-user events topic, the detector-state changelog).",
+    )
+    worker_checkpoint_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between detector-state writes to the changelog-backed table, per "
+        "partition. Input offsets are committed only up to the last write, so a killed worker "
+        "re-reads at most this much.",
+    )
+    worker_batch_size: int = Field(
+        1000, ge=1, description="Most events the worker routes in one batch (stream.take)."
+    )
+
+    @property
+    def by_user_topic(self) -> str:
+        """The workers' internal topic: events re-keyed and partitioned by user_id."""
+        return f"{self.worker_app_id}-events-by-user"

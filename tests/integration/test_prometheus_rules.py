@@ -270,6 +270,22 @@ def test_prometheus_config_scrapes_the_service() -> None:
     assert targets == ["alertmanager:9093"]
 
 
+def test_prometheus_config_labels_every_frustration_target_with_its_mode() -> None:
+    """FrustrationTargetDown tells a mode that is not deployed from an outage by this label."""
+    doc = yaml.safe_load(PROM_CONFIG.read_text())
+    modes = {
+        job["job_name"]: {static["labels"]["mode"] for static in job["static_configs"]}
+        for job in doc["scrape_configs"]
+        if job["job_name"].startswith("frustration")
+    }
+    assert modes == {
+        "frustration": {"embedded"},
+        "frustration-workers": {"kafka"},
+        "frustration-queue-sink": {"kafka"},
+    }
+    assert "on(mode)" in _alert_rules()["FrustrationTargetDown"]["expr"]
+
+
 # ----------------------------------------------------------------------------- Grafana
 
 
