@@ -3,6 +3,7 @@ outreach: the accounts it touches are victims, and are never flagged for it."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass, field
 
@@ -85,6 +86,34 @@ class CredentialStuffingDetector:
             window_ms=c.stuffing_window_ms,
             first_ts=first,
         )
+
+    def learn_late(self, state: SourceState, event: LoginEvent) -> None:
+        """Add a failure that arrives after later ones of the same IP: in the Kafka runner, a copy
+        from a partition that runs behind. It counts towards the window around it and can mark
+        the IP as an attacker (so victims' failures are left out), but never raises an alert:
+        the partition that owns the event judges it in order."""
+        c = self.config
+        ts = event.ts
+        bisect.insort(state.failures, (ts, event.user_id))
+        state.last_ts = max(state.last_ts, ts)
+        if self.is_attack(state, ts):
+            return
+        # The earliest window of `stuffing_window_ms` that this failure completes, if any.
+        for start_ts, _ in state.failures:
+            if start_ts < ts - c.stuffing_window_ms:
+                continue
+            if start_ts > ts:
+                break
+            window = [
+                f for f in state.failures if start_ts <= f[0] <= start_ts + c.stuffing_window_ms
+            ]
+            if len({account for _, account in window}) >= c.stuffing_min_accounts:
+                first = state.alert_first_ts if state.attack_until >= start_ts else start_ts
+                state.alert_first_ts = (
+                    min(first, start_ts) if state.alert_first_ts >= 0 else start_ts
+                )
+                state.attack_until = max(state.attack_until, window[-1][0] + c.stuffing_hold_ms)
+                return
 
     def is_attack(self, state: SourceState, ts: int) -> bool:
         """Whether the IP counted as an attacker at event time `ts`."""

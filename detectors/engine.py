@@ -80,6 +80,7 @@ class EngineStats:
 
     events: Counter[str] = field(default_factory=Counter)  # processed, by type
     source_copies: int = 0  # source-only copies processed (Kafka runner)
+    source_copies_late: int = 0  # copies that came after the watermark (added out of order)
     duplicates: int = 0
     late: int = 0
     signals: Counter[str] = field(default_factory=Counter)  # by kind
@@ -148,14 +149,19 @@ class DetectionEngine:
             self._seen_order.append((ts, event_id))
         max_ts = self._max_ts
         if max_ts is not None and ts < max_ts - self.config.allowed_lateness_ms:
-            if not source_only:  # the owning engine reports it
+            if source_only:  # the owning engine reports the event itself; the IP still counts it
+                self.stats.source_copies_late += 1
+                self._learn_source_late(event)
+            else:
                 self.stats.late += 1
                 self.outbox.append(LateEvent(event, max_ts - self.config.allowed_lateness_ms))
             return
         tiebreak = event_id if event_id is not None else event.model_dump_json()
         self._seq += 1
         heapq.heappush(self._buffer, (ts, event.user_id, tiebreak, self._seq, source_only, event))
-        if max_ts is None or ts > max_ts:
+        # Copies come from other partitions, which may run ahead: only a partition's own events
+        # move its event time, or a copy could make the partition's own events late.
+        if not source_only and (max_ts is None or ts > max_ts):
             self._max_ts = max_ts = ts
             self._release(max_ts - self.config.allowed_lateness_ms)
 
@@ -230,6 +236,14 @@ class DetectionEngine:
         if source is None:
             source = self.sources[event.ip] = SourceState()
         return self.stuffing.learn_one(source, event)
+
+    def _learn_source_late(self, event: AnyEvent) -> None:
+        if event.type != "login" or event.outcome != "failure" or event.ip is None:
+            return
+        source = self.sources.get(event.ip)
+        if source is None:
+            source = self.sources[event.ip] = SourceState()
+        self.stuffing.learn_late(source, event)
 
     def _login(self, state: UserState, event: AnyEvent) -> None:
         assert event.type == "login"

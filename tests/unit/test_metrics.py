@@ -39,7 +39,12 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     ),
     "frustration_incidents_total": ("counter", ("kind",), {"kind": SIGNAL_KINDS}),
     "frustration_incidents_open": ("gauge", ("kind",), {"kind": SIGNAL_KINDS}),
-    "frustration_processing_seconds": ("histogram", ("stage",), {"stage": ("batch",)}),
+    "frustration_incident_flags_total": ("counter", ("kind",), {"kind": SIGNAL_KINDS}),
+    "frustration_processing_seconds": (
+        "histogram",
+        ("stage",),
+        {"stage": ("batch", "route", "detect")},
+    ),
     "frustration_event_lag_seconds": ("histogram", (), {}),
     "frustration_flag_latency_seconds": ("histogram", (), {}),
     "frustration_tracked_users": ("gauge", (), {}),
@@ -115,7 +120,7 @@ def test_fixed_label_sets_are_the_contract() -> None:
     assert values["severity"] == ("low", "medium", "high", "critical")
     assert values["status"] == ("open", "claimed", "resolved")
     assert values["code"] == ("202", "400", "401", "413", "415", "500")
-    assert values["stage"] == ("batch",)
+    assert values["stage"] == ("batch", "route", "detect")
     assert values["runner"] == ("embedded", "kafka")
 
 
@@ -198,7 +203,12 @@ def test_helpers_validate_label_values(metrics: FrustrationMetrics) -> None:
     metrics.flag_escalated("critical")
     metrics.security_alert("credential_stuffing")
     metrics.incident_opened("failed_logins")
+    metrics.incident_flag_grouped("failed_logins")
     metrics.observe_batch(0.002)
+    assert reg.get_sample_value("frustration_incidents_total", {"kind": "failed_logins"}) == 1.0
+    assert (
+        reg.get_sample_value("frustration_incident_flags_total", {"kind": "failed_logins"}) == 1.0
+    )
     assert reg.get_sample_value("frustration_events_invalid_total", {"reason": "bad_ts"}) == 1.0
     assert reg.get_sample_value("frustration_signals_total", {"kind": "rage_click"}) == 1.0
     assert (
@@ -213,6 +223,7 @@ def test_helpers_validate_label_values(metrics: FrustrationMetrics) -> None:
         lambda: metrics.flag_escalated("urgent"),
         lambda: metrics.security_alert("ddos"),
         lambda: metrics.incident_opened("rage"),
+        lambda: metrics.incident_flag_grouped("failed_logins:service_unavailable"),
         lambda: metrics.observe_batch(0.1, stage="window"),
         lambda: metrics.set_queue({"pending": 1}, 0.0),
         lambda: metrics.set_incidents_open({"outage": 1}),

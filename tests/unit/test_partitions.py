@@ -70,3 +70,33 @@ def test_an_attack_split_over_partitions_is_still_caught_thanks_to_the_copies() 
         engine.flush()
         lone_alerts |= {a.alert_id for a in alerts_of(engine.drain())}
     assert not lone_alerts, "one partition alone sees too little of the attack"
+
+
+def test_copies_from_a_partition_running_behind_still_protect_the_victims() -> None:
+    """Copies arriving behind the partition's own events, beyond the allowed lateness (here
+    about 8 s of event time: another worker's router lagging) are added to the IP's window out of
+    order, so the victims are still left out and no flag differs from one engine's. The limit:
+    a copy later than the login confirmation wait (60 s) comes after the victim was judged."""
+    stream = Simulator(400, seed=21, duration_ms=2_400_000).run()
+    events = [parse_event_object(e) for e in stream.events]
+    expected_flags, _, _ = summary(one_engine(events))
+    engines = [DetectionEngine() for _ in range(4)]
+    lagging: list[tuple[int, AnyEvent]] = []
+    for i, event in enumerate(events):
+        for p, source_only in destinations(event, 4, crc_partition):
+            if source_only:
+                lagging.append((p, event))
+            else:
+                engines[p].push(event)
+        if i % 60 == 59:  # the lagging router catches up in bursts
+            for p, copy in lagging:
+                engines[p].push(copy, source_only=True)
+            lagging.clear()
+    for p, copy in lagging:
+        engines[p].push(copy, source_only=True)
+    out: list[Output] = []
+    for engine in engines:
+        engine.flush()
+        out += engine.drain()
+    assert sum(e.stats.source_copies_late for e in engines) > 0, "the copies did come late"
+    assert summary(out)[0] == expected_flags

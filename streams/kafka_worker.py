@@ -1,0 +1,354 @@
+"""The Kafka runner: `frustration worker`, a faust-streaming app around the same detector core.
+
+The data path::
+
+    frustration.events (any key)
+        │  agent `route`: parse (bad ─> frustration.dead-letter with its reason), then send to
+        │  the user's partition of the by-user topic; failed logins with an IP also go to every
+        │  other partition as source-only copies (see streams.partitions)
+        ▼
+    <app id>-events-by-user (partitioned by user_id)
+        │  agent `detect`: one DetectionEngine per partition; its state is written to the
+        │  changelog-backed table `detector-state` every `worker_checkpoint_interval_s`, and input
+        │  offsets are acknowledged only up to that write
+        ▼
+    frustration.flags (keyed by user_id)   frustration.alerts   frustration.dead-letter (late)
+
+Guarantee: at least once, with idempotent flags. A worker killed at any point restarts (or its
+partitions move to another worker) from the last state write and re-reads the input after it,
+so no event is lost. Flags emitted after that write are emitted again, identical, with the same
+`flag_id` and `update`: consumers (the queue sink, `frustration flags`) keep one per
+(flag_id, update). The state records the offset it covers, so a re-read event is never counted
+twice even when the offset commit lagged behind the state write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP, EventT
+from prometheus_client import CollectorRegistry
+
+from detectors.engine import DetectionEngine, LateEvent, Output
+from signals.exceptions import ConfigurationError, InvalidEvent
+from signals.flags import Flag, SecurityAlert, Signal
+from signals.wire import dead_letter_record, parse_event
+from streams.event_time import idle_advance_target
+from streams.kafka_io import bootstrap_servers, ensure_topics, partition_for
+from streams.metrics import FrustrationMetrics
+from streams.partitions import destinations
+from streams.replay import late_record
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Header on a source-only copy of a failed login (see streams.partitions).
+COPY_HEADER = "frustration-copy"
+#: Bump with DetectionEngine.STATE_VERSION changes of the wrapper below.
+CHECKPOINT_FORMAT = 1
+
+
+# -- faust#596: records lost after table recovery --------------------------------------------------
+_original_getmany = AIOKafkaConsumerThread.getmany
+
+
+async def _getmany_with_snapshot(
+    self: AIOKafkaConsumerThread, active_partitions: set[TP] | None, timeout: float
+) -> Any:
+    """Faust hands aiokafka its *live* set of active partitions, read in another thread; when
+    recovery empties it, aiokafka reads the empty set as "every partition" and faust drops what
+    comes back. A snapshot, and no fetch for an empty set, lost nothing in 21 kill/restart trials
+    (docs/kafka-runner-notes.md)."""
+    if active_partitions is not None:
+        active_partitions = set(frozenset(active_partitions))
+        if not active_partitions:
+            await asyncio.sleep(min(timeout, 0.1))
+            return {}
+    return await _original_getmany(self, active_partitions, timeout)
+
+
+AIOKafkaConsumerThread.getmany = _getmany_with_snapshot  # type: ignore[method-assign]
+
+
+# -- one partition of users ------------------------------------------------------------------------
+@dataclass(slots=True)
+class PartitionState:
+    """The engine of one partition and what has not been written to the table yet."""
+
+    engine: DetectionEngine
+    done_offset: int = -1  # newest input offset the engine has taken in
+    written_offset: int = -1  # newest offset covered by the state in the table
+    held: list[EventT[Any]] = field(default_factory=list)  # processed, not acknowledged yet
+    last_event: EventT[Any] | None = None  # the table write is attributed to this event's partition
+    newest_event_ts: int | None = None
+    last_event_wall: float = field(default_factory=time.time)
+    last_write_wall: float = field(default_factory=time.time)
+    dirty: bool = False  # state changed since the last write (events or idle advances)
+
+
+def _is_copy(event: EventT[Any]) -> bool:
+    headers = event.headers
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    return any(key == COPY_HEADER for key, _ in items)
+
+
+class KafkaRunner:
+    """Builds the faust app and its agents for one worker process."""
+
+    def __init__(self, settings: Settings, worker_name: str | None = None) -> None:
+        self.settings = settings
+        self.partitions = settings.topic_partitions
+        self.by_user_topic_name = settings.by_user_topic
+        self.registry = CollectorRegistry()
+        self.metrics = FrustrationMetrics(self.registry, runner="kafka")
+        self.parts: dict[int, PartitionState] = {}
+        self.app = self._build_app(worker_name)
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def _build_app(self, worker_name: str | None) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.worker_app_id,
+            broker=f"kafka://{bootstrap_servers(s.broker)}",
+            store=s.table_store,
+            datadir=str(s.worker_data_dir),
+            topic_partitions=self.partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            processing_guarantee="at_least_once",
+            web_host=s.worker_web_host,
+            web_port=s.worker_web_port,
+            # Defaults wait 60 s before a killed member's partitions move (measured ~57 s).
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            broker_commit_interval=0.5,
+            # Static membership: a restarted worker gets its partitions back without a rebalance.
+            consumer_group_instance_id=worker_name,
+        )
+        raw = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
+        self.events_topic = app.topic(s.events_topic, **raw)  # type: ignore[arg-type]
+        self.by_user_topic = app.topic(
+            self.by_user_topic_name,
+            partitions=self.partitions,
+            **raw,  # type: ignore[arg-type]
+        )
+        self.flags_topic = app.topic(s.flags_topic, **raw)  # type: ignore[arg-type]
+        self.alerts_topic = app.topic(s.alerts_topic, **raw)  # type: ignore[arg-type]
+        self.dead_letter_topic = app.topic(s.dead_letter_topic, **raw)  # type: ignore[arg-type]
+        self.state_table = app.Table(
+            "detector-state",
+            default=None,
+            schema=faust.Schema(
+                key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
+            ),
+            partitions=self.partitions,
+            # The state of a whole partition is one value; keep only the newest in the changelog.
+            extra_topic_configs={"cleanup.policy": "compact", "max.message.bytes": "67108864"},
+        )
+        app.agent(self.events_topic, name="route")(self._route_agent)
+        app.agent(self.by_user_topic, name="detect")(self._detect_agent)
+        app.timer(1.0)(self._housekeeping)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
+        return app
+
+    def prepare_topics(self) -> None:
+        """Create the topics the agents read and write (faust creates only its own)."""
+        ensure_topics(self.settings)
+
+    # -- stage 1: validate and re-key by user ------------------------------------------------------
+    async def _route_agent(self, stream: faust.StreamT[bytes]) -> None:
+        s = self.settings
+        async for batch in stream.take(s.worker_batch_size, within=0.01):
+            started = time.perf_counter()
+            for raw in batch:
+                try:
+                    event = parse_event(raw, s.max_event_bytes)
+                except InvalidEvent as exc:
+                    self.metrics.event_invalid(exc.reason)
+                    await self._dead_letter(dead_letter_record(raw, exc, source="kafka"))
+                    continue
+                for partition, source_only in destinations(event, self.partitions, self._owner):
+                    await self.by_user_topic.send(
+                        key=event.user_id.encode(),
+                        value=raw,
+                        partition=partition,
+                        headers=[(COPY_HEADER, b"source")] if source_only else None,
+                        force=True,
+                    )
+            self.metrics.observe_batch(time.perf_counter() - started, stage="route")
+
+    @staticmethod
+    def _owner(user_id: str, partitions: int) -> int:
+        return partition_for(user_id.encode(), partitions)
+
+    # -- stage 2: detect, one engine per partition -------------------------------------------------
+    async def _detect_agent(self, stream: faust.StreamT[bytes]) -> None:
+        s = self.settings
+        # Acknowledged by hand, once the state that covers them is written (`_write_state`).
+        async for event in cast(faust.Stream[bytes], stream).noack().events():
+            message = event.message
+            part = self.parts.get(message.partition) or self._load(message.partition)
+            part.last_event = event
+            if message.offset <= part.done_offset:  # already in the restored state
+                part.held.append(event)
+                continue
+            started = time.perf_counter()
+            parsed = parse_event(event.value, s.max_event_bytes)  # validated by `route`
+            copy = _is_copy(event)
+            if not copy:
+                self.metrics.event_received(parsed.type)
+                self.metrics.event_lag_seconds.observe(max(0.0, time.time() - parsed.ts / 1000))
+                if part.newest_event_ts is None or parsed.ts > part.newest_event_ts:
+                    part.newest_event_ts = parsed.ts
+            part.engine.push(parsed, source_only=copy)
+            part.done_offset = message.offset
+            part.held.append(event)
+            part.dirty = True
+            part.last_event_wall = time.time()
+            await self._emit(part.engine.drain(), sent_at=message.timestamp)
+            self.metrics.observe_batch(time.perf_counter() - started, stage="detect")
+            if time.time() - part.last_write_wall >= s.worker_checkpoint_interval_s:
+                self._write_state(message.partition, part)
+
+    def _load(self, partition: int) -> PartitionState:
+        """The partition's engine, from the table when a worker had it before (recovered by faust
+        before any of its events arrive)."""
+        engine = DetectionEngine(self.settings.detection)
+        part = PartitionState(engine)
+        blob = self.state_table.get(str(partition))
+        if blob:
+            version, offset, snapshot = pickle.loads(blob)
+            if version != CHECKPOINT_FORMAT:
+                raise ConfigurationError(
+                    f"detector-state table has format {version}, this build reads "
+                    f"{CHECKPOINT_FORMAT}"
+                )
+            engine.restore(snapshot)
+            part.done_offset = part.written_offset = offset
+            watermark = engine.watermark_ms
+            if watermark is not None:
+                part.newest_event_ts = watermark + self.settings.detection.allowed_lateness_ms
+            log.info(
+                "partition %d: resumed %d users at offset %d", partition, len(engine.users), offset
+            )
+        self.parts[partition] = part
+        return part
+
+    def _write_state(self, partition: int, part: PartitionState) -> None:
+        """Write the engine to the table, then acknowledge the input it covers.
+
+        Faust flushes the producer (this changelog record) before it commits offsets, so a
+        committed offset is always covered by a written state."""
+        event = part.last_event
+        if event is None:
+            return
+        if part.dirty:
+            blob = pickle.dumps(
+                (CHECKPOINT_FORMAT, part.done_offset, part.engine.snapshot()),
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+            # Table writes go to the changelog partition of the "current event"; from the timer
+            # there is none, so make it the partition's own newest event.
+            token = _current_event.set(weakref.ref(event))
+            try:
+                self.state_table[str(partition)] = blob
+            finally:
+                _current_event.reset(token)
+            part.written_offset = part.done_offset
+            part.dirty = False
+        for held in part.held:
+            held.ack()
+        part.held.clear()
+        part.last_write_wall = time.time()
+
+    # -- outputs ----------------------------------------------------------------------------------
+    async def _emit(self, outputs: Iterable[Output], sent_at: float | None = None) -> None:
+        for out in outputs:
+            if isinstance(out, Flag):
+                await self.flags_topic.send(
+                    key=out.user_id.encode(),
+                    value=out.model_dump_json().encode(),
+                    headers=[("flag_id", out.flag_id.encode())],
+                    force=True,
+                )
+                if out.update == 0:
+                    self.metrics.flag_opened(out.severity)
+                else:
+                    self.metrics.flag_escalated(out.severity)
+                if sent_at is not None:
+                    self.metrics.flag_latency_seconds.observe(max(0.0, time.time() - sent_at))
+            elif isinstance(out, Signal):
+                self.metrics.signal(out.kind)
+            elif isinstance(out, SecurityAlert):
+                await self.alerts_topic.send(
+                    key=out.ip.encode(),
+                    value=out.model_dump_json().encode(),
+                    force=True,
+                )
+                self.metrics.security_alert(out.kind)
+                log.warning("credential stuffing alert %s", out.alert_id)
+            elif isinstance(out, LateEvent):
+                self.metrics.events_late.inc()
+                await self._dead_letter(late_record(out))
+
+    async def _dead_letter(self, record: dict[str, Any]) -> None:
+        import orjson
+
+        await self.dead_letter_topic.send(value=orjson.dumps(record), force=True)
+
+    # -- housekeeping -----------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        """Once a second: move event time on in quiet partitions (as the embedded runner does),
+        write due state, refresh gauges."""
+        now = time.time()
+        s = self.settings
+        lateness = s.detection.allowed_lateness_ms
+        lag = 0
+        for partition, part in list(self.parts.items()):
+            if part.newest_event_ts is not None and now - part.last_event_wall >= s.idle_advance_s:
+                target = idle_advance_target(part.newest_event_ts, now, lateness)
+                watermark = part.engine.watermark_ms
+                if watermark is None or target - lateness > watermark:
+                    part.engine.advance_watermark(target)
+                    part.dirty = True
+                    await self._emit(part.engine.drain())
+            if (part.dirty or part.held) and now - part.last_write_wall >= (
+                s.worker_checkpoint_interval_s
+            ):
+                self._write_state(partition, part)
+            highwater = self.app.consumer.highwater(TP(self.by_user_topic_name, partition))
+            if highwater is not None:
+                lag += max(0, highwater - part.done_offset - 1)
+        self.metrics.consumer_lag_messages.set(lag)
+        self.metrics.tracked_users.set(sum(len(p.engine.users) for p in self.parts.values()))
+
+    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        """Partitions moving away: forget their engines (the new owner resumes from the table and
+        re-reads what was not acknowledged)."""
+        for tp in revoked:
+            if tp.topic == self.by_user_topic_name:
+                self.parts.pop(tp.partition, None)
+
+
+def run_worker(settings: Settings, worker_name: str | None = None) -> int:
+    """Create the topics, then run the worker until SIGTERM/SIGINT."""
+    from faust.worker import Worker
+
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
+    runner = KafkaRunner(settings, worker_name)
+    runner.prepare_topics()
+    worker = Worker(runner.app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0
