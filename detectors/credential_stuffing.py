@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from detectors.config import DetectionConfig
@@ -75,45 +76,63 @@ class CredentialStuffingDetector:
         state.attack_until = ts + c.stuffing_hold_ms
         first = failures[0][0]
         state.alert_first_ts = first
-        ip = event.ip or ""
-        digest = hashlib.blake2b(f"{ip}|{first}".encode(), digest_size=10).hexdigest()
+        return self._alert(event.ip or "", ts, len(accounts), len(failures), first)
+
+    def _alert(
+        self, ip: str, ts: int, accounts: int, failures: int, first_ts: int
+    ) -> SecurityAlert:
+        digest = hashlib.blake2b(f"{ip}|{first_ts}".encode(), digest_size=10).hexdigest()
         return SecurityAlert(
             alert_id=f"sec_{digest}",
             ts=ts,
             ip=ip,
-            distinct_accounts=len(accounts),
-            failures=len(failures),
-            window_ms=c.stuffing_window_ms,
-            first_ts=first,
+            distinct_accounts=accounts,
+            failures=failures,
+            window_ms=self.config.stuffing_window_ms,
+            first_ts=first_ts,
         )
 
-    def learn_late(self, state: SourceState, event: LoginEvent) -> None:
+    def learn_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
         """Add a failure that arrives after later ones of the same IP: in the Kafka runner, a copy
-        from a partition that runs behind. It counts towards the window around it and can mark
-        the IP as an attacker (so victims' failures are left out), but never raises an alert:
-        the partition that owns the event judges it in order."""
+        from a partition that runs behind. If it completes an attack this state had missed, the
+        IP is marked from the attack's first failure (so its victims are left out) and the alert
+        is raised as in-order processing would have raised it: same alert_id, ts and counts.
+        Several partitions may raise the same alert; it is idempotent by alert_id."""
         c = self.config
-        ts = event.ts
-        bisect.insort(state.failures, (ts, event.user_id))
-        state.last_ts = max(state.last_ts, ts)
-        if self.is_attack(state, ts):
-            return
-        # The earliest window of `stuffing_window_ms` that this failure completes, if any.
-        for start_ts, _ in state.failures:
-            if start_ts < ts - c.stuffing_window_ms:
+        bisect.insort(state.failures, (event.ts, event.user_id))
+        state.last_ts = max(state.last_ts, event.ts)
+        failures = state.failures
+        accounts: Counter[str] = Counter()
+        start = 0
+        for end, (end_ts, account) in enumerate(failures):
+            accounts[account] += 1
+            while failures[start][0] < end_ts - c.stuffing_window_ms:
+                gone = failures[start][1]
+                accounts[gone] -= 1
+                if not accounts[gone]:
+                    del accounts[gone]
+                start += 1
+            if len(accounts) < c.stuffing_min_accounts or self.is_attack(state, end_ts):
                 continue
-            if start_ts > ts:
-                break
-            window = [
-                f for f in state.failures if start_ts <= f[0] <= start_ts + c.stuffing_window_ms
-            ]
-            if len({account for _, account in window}) >= c.stuffing_min_accounts:
-                first = state.alert_first_ts if state.attack_until >= start_ts else start_ts
-                state.alert_first_ts = (
-                    min(first, start_ts) if state.alert_first_ts >= 0 else start_ts
-                )
-                state.attack_until = max(state.attack_until, window[-1][0] + c.stuffing_hold_ms)
-                return
+            if end_ts < event.ts:
+                continue  # a crossing this state had already judged without this failure
+            first = failures[start][0]
+            if (
+                state.alert_first_ts >= 0
+                and abs(state.alert_first_ts - first) <= c.stuffing_window_ms
+            ):
+                # Alerted already, from a later crossing (copies were missing then): same attack,
+                # so mark it from its real start and do not alert twice.
+                state.alert_first_ts = min(state.alert_first_ts, first)
+                return None
+            until = end_ts + c.stuffing_hold_ms
+            for later_ts, _ in failures[end + 1 :]:  # the attack went on
+                if later_ts <= until:
+                    until = later_ts + c.stuffing_hold_ms
+            state.attack_until = max(state.attack_until, until)
+            state.alert_first_ts = first
+            return self._alert(event.ip or "", end_ts, len(accounts), end - start + 1, first)
+        return None
 
     def is_attack(self, state: SourceState, ts: int) -> bool:
         """Whether the IP counted as an attacker at event time `ts`."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import pickle
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
@@ -106,8 +107,17 @@ class DetectionEngine:
     [('low', 'The client clicked “Pay now” 6 times in 1.2 s on /billing.')]
     """
 
-    def __init__(self, config: DetectionConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectionConfig | None = None,
+        *,
+        alerts_for: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`alerts_for(ip)`: whether this engine raises the security alerts of that IP. With one
+        engine per Kafka partition every engine judges every IP (from the copies), and exactly
+        one of them, the IP's own partition, raises its alerts."""
         self.config = config or DetectionConfig()
+        self._alerts_for = alerts_for
         self.rage = RageClickDetector(self.config)
         self.logins = FailedLoginDetector(self.config)
         self.stuffing = CredentialStuffingDetector(self.config)
@@ -227,7 +237,7 @@ class DetectionEngine:
         if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
             self._sweep(ts)
         self.stats.source_copies += 1
-        self._learn_source(event)
+        self._raise(self._learn_source(event))
 
     def _learn_source(self, event: AnyEvent) -> SecurityAlert | None:
         if event.type != "login" or event.outcome != "failure" or event.ip is None:
@@ -243,14 +253,17 @@ class DetectionEngine:
         source = self.sources.get(event.ip)
         if source is None:
             source = self.sources[event.ip] = SourceState()
-        self.stuffing.learn_late(source, event)
+        self._raise(self.stuffing.learn_late(source, event))
+
+    def _raise(self, alert: SecurityAlert | None) -> None:
+        if alert is None or (self._alerts_for is not None and not self._alerts_for(alert.ip)):
+            return
+        self.stats.alerts += 1
+        self.outbox.append(alert)
 
     def _login(self, state: UserState, event: AnyEvent) -> None:
         assert event.type == "login"
-        alert = self._learn_source(event)
-        if alert is not None:
-            self.stats.alerts += 1
-            self.outbox.append(alert)
+        self._raise(self._learn_source(event))
         if state.logins is None:
             state.logins = FailedLoginState()
         before = state.logins.deadline

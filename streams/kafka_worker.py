@@ -25,6 +25,7 @@ twice even when the offset commit lagged behind the state write.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import pickle
 import time
@@ -149,9 +150,9 @@ class KafkaRunner:
         self.state_table = app.Table(
             "detector-state",
             default=None,
-            schema=faust.Schema(
-                key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
-            ),
+            # Text values: faust's table recovery decodes values as text whatever the schema says.
+            key_type=str,
+            value_type=str,
             partitions=self.partitions,
             # The state of a whole partition is one value; keep only the newest in the changelog.
             extra_topic_configs={"cleanup.policy": "compact", "max.message.bytes": "67108864"},
@@ -160,7 +161,10 @@ class KafkaRunner:
         app.agent(self.by_user_topic, name="detect")(self._detect_agent)
         app.timer(1.0)(self._housekeeping)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
+        # A fixed prefix: dashboards must not depend on the app id.
+        setup_prometheus_sensors(
+            app, pattern="/metrics", registry=self.registry, name_prefix="faust"
+        )
         return app
 
     def prepare_topics(self) -> None:
@@ -225,11 +229,15 @@ class KafkaRunner:
     def _load(self, partition: int) -> PartitionState:
         """The partition's engine, from the table when a worker had it before (recovered by faust
         before any of its events arrive)."""
-        engine = DetectionEngine(self.settings.detection)
+        engine = DetectionEngine(
+            self.settings.detection,
+            # Every partition judges every IP (copies); the IP's own partition raises its alerts.
+            alerts_for=lambda ip: partition_for(ip.encode(), self.partitions) == partition,
+        )
         part = PartitionState(engine)
-        blob = self.state_table.get(str(partition))
-        if blob:
-            version, offset, snapshot = pickle.loads(blob)
+        text = self.state_table.get(str(partition))
+        if text:
+            version, offset, snapshot = pickle.loads(base64.b64decode(text))
             if version != CHECKPOINT_FORMAT:
                 raise ConfigurationError(
                     f"detector-state table has format {version}, this build reads "
@@ -263,7 +271,7 @@ class KafkaRunner:
             # there is none, so make it the partition's own newest event.
             token = _current_event.set(weakref.ref(event))
             try:
-                self.state_table[str(partition)] = blob
+                self.state_table[str(partition)] = base64.b64encode(blob).decode()
             finally:
                 _current_event.reset(token)
             part.written_offset = part.done_offset

@@ -29,7 +29,8 @@ def destinations(
     """(partition, source_only) for each copy of `event`: its user's partition first.
 
     >>> from signals.events import LoginEvent
-    >>> ev = LoginEvent(type="login", user_id="u1", ts=0, outcome="failure", ip="198.51.100.23")
+    >>> ev = LoginEvent(type="login", user_id="u1", ts=1_795_255_200_000, outcome="failure",
+    ...                 ip="198.51.100.23")
     >>> destinations(ev, 3, lambda user_id, n: 1)
     [(1, False), (0, True), (2, True)]
     """

@@ -202,26 +202,26 @@ def run_service(
     port: int | None = None,
     wait_ready: bool = True,
     name: str = "service",
+    command_name: str = "serve",
 ) -> Service:
-    """Start ``frustration serve`` (in `workdir`, where its log also goes) and wait for /readyz."""
+    """Start ``frustration serve`` (or ``queue-sink``, the same pages fed from Kafka) in `workdir`,
+    where its log also goes, and wait for /readyz."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
     db = workdir / "q.db" if db is None else db
     checkpoint = workdir / "state.bin" if checkpoint is None else checkpoint
-    full_env = child_env(env)
+    full_env = child_env({"FRUSTRATION_CHECKPOINT_PATH": str(checkpoint), **(env or {})})
     n = 0
     while (log_path := workdir / f"{name}-{n}.log").exists():
         n += 1
     handle = open(log_path, "wb")  # noqa: SIM115 - closed by Service.stop
     command = [
         str(FRUSTRATION),
-        "serve",
+        command_name,
         "--port",
         str(port),
         "--db",
         str(db),
-        "--checkpoint",
-        str(checkpoint),
         *args,
     ]
     proc = subprocess.Popen(

@@ -12,7 +12,11 @@ flushes every timer at the end of its input, the workers only fire what event ti
 
 from __future__ import annotations
 
+import threading
 import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +25,7 @@ import pytest
 from streams.kafka_io import partition_for
 from streams.replay import replay_lines
 from streams.simulator import Simulator
+from tests.integration.service_fixture import ServiceFactory
 from tests.integration.worker_fixture import (
     PARTITIONS,
     KafkaRunnerEnv,
@@ -61,6 +66,27 @@ def expected_flags(lines: list[bytes]) -> tuple[set[FlagKey], set[str]]:
     return keys, {a["alert_id"] for a in alerts}
 
 
+def http_text(port: int) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def http_metrics(port: int) -> dict[str, float]:
+    """Samples of a worker's /metrics summed over labels (0 when it does not answer yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = http_text(port)
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
 def flags_on_topic(env: KafkaRunnerEnv) -> list[FlagKey]:
     return [
         (f["flag_id"], f["update"], f["severity"], f["reason"])
@@ -94,3 +120,111 @@ def test_one_worker_gives_the_flags_replay_gives(kafka_runner: KafkaRunnerEnv) -
     }
     assert alerts == expected_alerts
     assert waited < 120
+
+
+def test_two_workers_share_the_partitions_and_give_the_same_flags(
+    kafka_runner: KafkaRunnerEnv,
+) -> None:
+    lines = stream_lines(300, seed=32)
+    expected, expected_alerts = expected_flags(lines)
+    first = kafka_runner.start_worker("worker-a")
+    second = kafka_runner.start_worker("worker-b")
+    kafka_runner.produce(lines)
+    wait_for_flags(kafka_runner, expected)
+    time.sleep(3)
+    got = flags_on_topic(kafka_runner)
+    assert set(got) == expected
+    assert len(got) == len(set(got))
+    alerts = {
+        orjson.loads(v)["alert_id"]
+        for _, v in read_topic(kafka_runner.bootstrap, kafka_runner.topics["alerts"])
+    }
+    assert alerts == expected_alerts
+    # Both took part: each logged resuming or processing its own partitions.
+    for worker in (first, second):
+        metrics = http_metrics(worker.web_port)
+        assert metrics.get("frustration_events_received_total", 0) > 0, worker.name
+
+
+def test_a_worker_killed_mid_stream_loses_no_flag_and_the_queue_holds_each_once(
+    kafka_runner: KafkaRunnerEnv, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    lines = stream_lines(300, seed=33)
+    expected, _ = expected_flags(lines)
+    sink = service_factory(
+        env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "sink"
+    )
+    worker = kafka_runner.start_worker("worker-a")
+    producer = threading.Thread(target=kafka_runner.produce, args=(lines, 2_000.0))
+    producer.start()
+    # Kill once the worker has processed part of the stream, then restart it on the same name.
+    wait_for(
+        lambda: http_metrics(worker.web_port).get("frustration_events_received_total", 0) > 3_000,
+        60,
+        "3000 events processed",
+        every_s=0.2,
+    )
+    worker.kill()
+    restarted = kafka_runner.start_worker("worker-a")
+    producer.join(120)
+    wait_for_flags(kafka_runner, expected, timeout_s=180)
+    time.sleep(3)
+    got = flags_on_topic(kafka_runner)
+    assert set(got) == expected, "no flag lost, none different"
+    repeats = sum(Counter(got).values()) - len(set(got))
+    # The queue keeps one row per flag_id at its highest update, as replay's final state.
+    final: dict[str, tuple[int, str]] = {}
+    for flag_id, update, severity, _ in expected:
+        if flag_id not in final or update > final[flag_id][0]:
+            final[flag_id] = (update, severity)
+    sink.wait_for(lambda: len(sink.flags()) == len(final), 60, what="the sink to store the flags")
+    stored = {f["flag_id"]: (f["update"], f["severity"]) for f in sink.flags()}
+    assert stored == final
+    print(f"killed mid-stream; {repeats} flag messages repeated, queue holds {len(stored)}")
+    assert restarted.process.poll() is None
+    assert "resumed" in restarted.log(), "the restarted worker took its state from the table"
+
+
+def test_bad_messages_land_in_the_dead_letter_topic_with_their_reason(
+    kafka_runner: KafkaRunnerEnv,
+) -> None:
+    good = {"type": "click", "user_id": "u1", "ts": 1_795_255_200_000, "target": "#a"}
+    lines = [
+        b"not json at all",
+        orjson.dumps({"type": "click", "user_id": "u2"}),  # no ts
+        orjson.dumps({"type": "teleport", "user_id": "u3", "ts": 1_795_255_200_000}),
+        orjson.dumps({**good, "ts": "yesterday"}),
+        orjson.dumps(good),
+    ]
+    kafka_runner.start_worker("worker-a")
+    kafka_runner.produce(lines)
+
+    def dead() -> list[dict[str, Any]]:
+        return [
+            orjson.loads(v)
+            for _, v in read_topic(kafka_runner.bootstrap, kafka_runner.topics["dead_letter"])
+        ]
+
+    wait_for(lambda: len(dead()) >= 4, 60, "4 dead letters")
+    records = dead()
+    assert sorted(r["reason"] for r in records) == sorted(
+        ["not_json", "missing_field", "unknown_type", "bad_ts"]
+    )
+    assert all(r["source"] == "kafka" and r["sha256"] for r in records)
+    assert all("not json" not in orjson.dumps(r).decode() for r in records), "content not kept"
+
+
+def test_worker_serves_faust_and_frustration_metrics(kafka_runner: KafkaRunnerEnv) -> None:
+    worker = kafka_runner.start_worker("worker-a")
+    kafka_runner.produce(stream_lines(40, seed=34))
+    wait_for(
+        lambda: http_metrics(worker.web_port).get("frustration_events_received_total", 0) > 0,
+        60,
+        "events counted",
+    )
+    text = http_text(worker.web_port)
+    assert 'frustration_build_info{runner="kafka"' in text
+    assert "frustration_consumer_lag_messages" in text
+    faust_lines = [line for line in text.splitlines() if line.startswith("faust_")]
+    assert any("messages_received" in line for line in faust_lines), "faust's own monitor"
+    assert "u34-" not in text, "no user id in metrics"

@@ -27,8 +27,16 @@ def one_engine(events: list[AnyEvent]) -> list[Output]:
     return engine.drain()
 
 
+def partition_engines(partitions: int) -> list[DetectionEngine]:
+    """As the worker builds them: the IP's own partition raises its alerts."""
+    return [
+        DetectionEngine(alerts_for=lambda ip, p=p: crc_partition(ip, partitions) == p)
+        for p in range(partitions)
+    ]
+
+
 def partitioned(events: list[AnyEvent], partitions: int) -> list[Output]:
-    engines = [DetectionEngine() for _ in range(partitions)]
+    engines = partition_engines(partitions)
     for event in events:
         for p, source_only in destinations(event, partitions, crc_partition):
             engines[p].push(event, source_only=source_only)
@@ -52,7 +60,9 @@ def test_partitioned_engines_match_one_engine_on_a_simulated_stream(partitions: 
     expected = summary(one_engine(events))
     flags, alerts, _ = expected
     assert len(flags) >= 10 and alerts, "the stream should flag users and catch the stuffing"
-    assert summary(partitioned(events, partitions)) == expected
+    got = partitioned(events, partitions)
+    assert summary(got) == expected
+    assert len(alerts_of(got)) == len(alerts), "each alert raised once"
 
 
 def test_an_attack_split_over_partitions_is_still_caught_thanks_to_the_copies() -> None:
@@ -79,8 +89,8 @@ def test_copies_from_a_partition_running_behind_still_protect_the_victims() -> N
     a copy later than the login confirmation wait (60 s) comes after the victim was judged."""
     stream = Simulator(400, seed=21, duration_ms=2_400_000).run()
     events = [parse_event_object(e) for e in stream.events]
-    expected_flags, _, _ = summary(one_engine(events))
-    engines = [DetectionEngine() for _ in range(4)]
+    expected_flags, expected_alerts, _ = summary(one_engine(events))
+    engines = partition_engines(4)
     lagging: list[tuple[int, AnyEvent]] = []
     for i, event in enumerate(events):
         for p, source_only in destinations(event, 4, crc_partition):
@@ -99,4 +109,7 @@ def test_copies_from_a_partition_running_behind_still_protect_the_victims() -> N
         engine.flush()
         out += engine.drain()
     assert sum(e.stats.source_copies_late for e in engines) > 0, "the copies did come late"
-    assert summary(out)[0] == expected_flags
+    flags, alerts, _ = summary(out)
+    assert flags == expected_flags
+    assert alerts == expected_alerts, "the alert too, raised late by the copies when needed"
+    assert len(alerts_of(out)) == len(expected_alerts), "and raised once"
