@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from signals.exceptions import ConfigurationError
+from signals.flags import Severity
 
 # Controls people click fast on purpose: steppers, carousels, pagers, calendars.
 DEFAULT_STEPPER_LABELS = (
@@ -183,6 +184,67 @@ class DetectionConfig(BaseModel):
         20, ge=1, description="Most recent signals kept as a flag's evidence."
     )
 
+    # -- incidents (detectors/incidents.py) -------------------------------------------------------
+    incident_window_ms: int = Field(
+        300_000,
+        gt=0,
+        description="Window in which distinct clients flagged for one cause are counted.",
+    )
+    incident_min_users: int = Field(
+        25,
+        ge=2,
+        description="Distinct clients flagged for one cause within incident_window_ms that open "
+        "an incident (when also incident_surge_factor times the cause's baseline).",
+    )
+    incident_surge_factor: float = Field(
+        5.0,
+        ge=1,
+        description="The window count must also reach this multiple of the cause's baseline, so a "
+        "busy cause opens an incident only when it surges, not when it is merely busy.",
+    )
+    incident_bucket_ms: int = Field(
+        60_000,
+        gt=0,
+        description="The baseline is sampled, and an open incident judged for closing, at the end "
+        "of each bucket of this much event time.",
+    )
+    incident_baseline_half_life_ms: int = Field(
+        3_600_000,
+        gt=0,
+        description="Half-life of the baseline (exponentially weighted mean of the window count "
+        "per cause); frozen while the cause has an open incident.",
+    )
+    incident_close_users: int = Field(
+        5,
+        ge=0,
+        description="Hysteresis: an incident closes once the window count has stayed at or below "
+        "this (or incident_close_factor times the baseline, if higher) for "
+        "incident_close_quiet_ms.",
+    )
+    incident_close_factor: float = Field(
+        2.0, ge=0, description="Baseline multiple below which an incident's cause counts as quiet."
+    )
+    incident_close_quiet_ms: int = Field(
+        300_000, ge=0, description="How long a cause must stay quiet before its incident closes."
+    )
+    incident_individual_severity: Severity = Field(
+        "high",
+        description="Flags of this severity or above stay in individual outreach even when an "
+        "incident explains their cause (as do flags with signals of another cause).",
+    )
+    incident_lateness_ms: int = Field(
+        5_000,
+        ge=0,
+        description="How far out of order flags may reach the incident tracker (several engines "
+        "feeding one tracker) and still be grouped exactly.",
+    )
+    incident_cause_ttl_ms: int = Field(
+        21_600_000,
+        gt=0,
+        description="A cause with no flag for this long and no open incident is forgotten "
+        "(baseline included), so memory stays bounded.",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> DetectionConfig:
         if self.login_weak_failures >= self.login_min_failures:
@@ -205,4 +267,14 @@ class DetectionConfig(BaseModel):
             raise ConfigurationError("user_idle_ttl_ms must exceed every detector window")
         if self.dedup_window_ms < self.allowed_lateness_ms:
             raise ConfigurationError("dedup_window_ms must be at least allowed_lateness_ms")
+        if self.incident_close_users >= self.incident_min_users:
+            raise ConfigurationError("incident_close_users must be below incident_min_users")
+        if self.incident_close_factor >= self.incident_surge_factor:
+            raise ConfigurationError("incident_close_factor must be below incident_surge_factor")
+        if self.incident_window_ms < self.incident_bucket_ms:
+            raise ConfigurationError("incident_window_ms must be at least incident_bucket_ms")
+        if self.incident_cause_ttl_ms <= self.incident_window_ms + self.incident_close_quiet_ms:
+            raise ConfigurationError(
+                "incident_cause_ttl_ms must exceed incident_window_ms + incident_close_quiet_ms"
+            )
         return self

@@ -69,9 +69,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             on_flag=_ndjson(sys.stdout.buffer),
             on_alert=_writer(alerts),
             on_dead_letter=_writer(dead),
+            on_incident=_writer(incidents),
             max_event_bytes=settings.max_event_bytes,
         )
-        _ = incidents
         run.feed(_lines(args.events))
         summary = run.finish()
         sys.stdout.buffer.flush()
@@ -82,9 +82,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # -- simulate -------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulator import Simulator
+    from streams.simulator import Outage, Simulator
 
-    stream = Simulator(args.users, seed=args.seed, frustrated_share=args.frustrated_share).run()
+    try:
+        outages = [Outage.parse(spec, args.outage_users) for spec in args.outage or []]
+    except ValueError as exc:
+        print(f"ValueError: {exc}", file=sys.stderr)
+        return 1
+    stream = Simulator(
+        args.users, seed=args.seed, frustrated_share=args.frustrated_share, outages=outages
+    ).run()
     with _open_out(args.out) as out:
         assert out is not None
         for line in stream.event_lines():
@@ -95,9 +102,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             for line in stream.truth_lines():
                 labels.write(line + b"\n")
     frustrated = sum(t.frustrated for t in stream.truth)
+    hit = sum(t.outage is not None for t in stream.truth)
     print(
         f"simulated {len(stream.events)} events of {args.users} users "
-        f"({frustrated} frustrated), seed {args.seed}",
+        f"({frustrated} frustrated), seed {args.seed}"
+        + (f", plus {hit} clients hit by an outage" if hit else ""),
         file=sys.stderr,
     )
     return 0
@@ -105,7 +114,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # -- evaluate -------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from streams.evaluation import HEADER, evaluate, evaluate_baseline, load_truth
+    from streams.evaluation import (
+        HEADER,
+        evaluate,
+        evaluate_baseline,
+        incident_report,
+        load_truth,
+    )
+    from streams.replay import replay_all
 
     settings = _settings()
     events = list(_lines(args.events))
@@ -114,10 +130,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(events)} events, {len(truth)} users, {sum(t['frustrated'] for t in truth)} "
           "frustrated (ground truth)")  # fmt: skip
     print(HEADER)
-    for score in evaluate(events, truth, settings.detection):
+    result = replay_all(events, settings.detection)
+    for score in evaluate(events, truth, settings.detection, result=result):
         print(score.line())
     for rule in args.baseline or []:
         print(evaluate_baseline(events, truth, rule).line())
+    for line in incident_report(result, truth).lines():
+        print(line)
     return 0
 
 
@@ -188,6 +207,112 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- Kafka runner ---------------------------------------------------------------------------------
+def _kafka_settings(args: argparse.Namespace, **more: Any) -> Any:
+    overrides = {k: v for k, v in more.items() if v is not None}
+    if getattr(args, "broker", None) is not None:
+        overrides["broker"] = args.broker
+    return _settings().model_copy(update=overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.kafka_worker import run_worker
+
+    settings = _kafka_settings(
+        args,
+        worker_web_port=args.web_port,
+        worker_data_dir=args.data_dir,
+        table_store=args.store,
+        topic_partitions=args.partitions,
+    )
+    return run_worker(settings, worker_name=args.name)
+
+
+def cmd_queue_sink(args: argparse.Namespace) -> int:
+    from streams.queue_sink import run_queue_sink
+
+    settings = _kafka_settings(args, host=args.host, port=args.port, db_path=args.db)
+    return run_queue_sink(settings)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.kafka_io import produce_events
+
+    settings = _kafka_settings(args)
+    summary = produce_events(settings, _lines(args.events), rate=args.rate)
+    print(summary.text(), file=sys.stderr)
+    return 1 if summary.failed else 0  # a load script must notice events Kafka did not take
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    from streams.kafka_io import print_flags
+
+    settings = _kafka_settings(args)
+    return print_flags(
+        settings, follow=args.follow, from_beginning=not args.new_only, idle_exit_s=args.idle_exit
+    )
+
+
+def _add_kafka_commands(sub: Any) -> None:
+    broker_help = "Kafka bootstrap URL, kafka://HOST:PORT (default: FRUSTRATION_BROKER)"
+    p = sub.add_parser(
+        "worker",
+        help="a Kafka runner worker (faust): events topic in, flags topic out",
+        description="Start a faust-streaming worker: events from the events topic are "
+        "re-partitioned by user_id and run through the detector core; flags, security alerts "
+        "and dead letters go to their topics. Start several to share the partitions. Faust's "
+        "and frustration_ metrics are served on the web port at /metrics.",
+    )
+    p.add_argument("--broker", help=broker_help)
+    p.add_argument("--web-port", type=int, help="web/metrics port (default 6066)")
+    p.add_argument("--data-dir", type=Path, help="worker data directory")
+    p.add_argument("--store", help="table store: memory:// (default) or rocksdb://")
+    p.add_argument("--partitions", type=int, help="partitions of topics created when missing")
+    p.add_argument("--name", help="stable worker name (static group membership)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "queue-sink",
+        help="consume the flags topic into the support queue; serve /queue and /ops",
+        description="Consume flags, security alerts and incidents from Kafka into the "
+        "support-queue store and serve the same queue API, /queue and /ops pages and /metrics "
+        "as `frustration serve` (without ingest).",
+    )
+    p.add_argument("--broker", help=broker_help)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8700)")
+    p.add_argument("--db", type=Path, help="support-queue SQLite file")
+    p.set_defaults(func=cmd_queue_sink)
+
+    p = sub.add_parser(
+        "produce",
+        help="load NDJSON events into the events topic, keyed by user_id",
+        description="Send NDJSON events (one per line) to the events topic keyed by user_id. "
+        "Lines are sent as they are: the workers validate them and dead-letter bad ones.",
+    )
+    p.add_argument("events", nargs="?", default="-", help="NDJSON file, or - for stdin")
+    p.add_argument("--broker", help=broker_help)
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser(
+        "flags",
+        help="print flags from the flags topic as NDJSON",
+        description="Print the flags on the flags topic as NDJSON, from the beginning (or only "
+        "new ones with --new-only); with --follow keep printing new flags until interrupted.",
+    )
+    p.add_argument("--broker", help=broker_help)
+    p.add_argument("--follow", action="store_true", help="keep printing new flags")
+    p.add_argument("--new-only", action="store_true", help="skip flags already on the topic")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=2.0,
+        help="without --follow: stop after this many seconds without a new flag (default 2)",
+    )
+    p.set_defaults(func=cmd_flags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frustration",
@@ -223,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frustrated-share", type=float, default=0.04, help="share of frustrated users (0.04)"
     )
+    p.add_argument(
+        "--outage",
+        action="append",
+        metavar="KIND:DETAIL",
+        help="add an outage on top of the ordinary traffic: login:<reason> (every login fails "
+        "with that reason, e.g. login:service_unavailable) or click:<target> (that control does "
+        "nothing, e.g. click:#pay); its clients first try within 3 minutes (repeatable)",
+    )
+    p.add_argument("--outage-users", type=int, default=600, help="clients hit by each outage (600)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
@@ -245,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "schema",
         help="print the JSON Schema of the wire format",
-        description="Print the JSON Schema of input events (default), flags or security alerts.",
+        description="Print the JSON Schema of input events (default), flags, security alerts "
+        "or incidents.",
     )
-    p.add_argument("which", nargs="?", default="event", choices=["event", "flag", "alert"])
+    p.add_argument(
+        "which", nargs="?", default="event", choices=["event", "flag", "alert", "incident"]
+    )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser(
@@ -263,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="detector-state checkpoint file")
     p.add_argument("--demo", action="store_true", help="also feed simulated traffic")
     p.set_defaults(func=cmd_serve)
+
+    _add_kafka_commands(sub)
 
     p = sub.add_parser(
         "settings",

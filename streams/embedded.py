@@ -1,15 +1,19 @@
 """The embedded runner: one process, no broker. Events go through the detector core in-process,
-exactly as `replay` runs them; flags and alerts go to the support queue (SQLite).
+exactly as `replay` runs them (engine, then the incident tracker); flags, incidents and alerts go
+to the support queue (SQLite).
 
-Detector state is checkpointed to a file (periodically and on shutdown) and restored at start, so
-a restart resumes open bursts, counters and buffered events; the queue is idempotent by flag_id,
-so nothing is flagged twice.
+Detector state (the engine's and the incident tracker's) is checkpointed to a file (periodically
+and on shutdown) and restored at start, so a restart resumes open bursts, counters, buffered
+events and open incidents; the queue is idempotent by flag_id and incident_id, so nothing is
+flagged twice. A checkpoint written before incidents existed (the engine's state alone) is still
+read; the tracker then starts empty.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -18,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from detectors.engine import DetectionEngine, LateEvent, Output
+from detectors.incidents import IncidentTracker, flag_watermark
 from signals.exceptions import ConfigurationError
 from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
+from signals.incidents import Incident
 from signals.wire import AnyEvent
 from streams.metrics import FrustrationMetrics
 from streams.queue_store import QueueStore
@@ -27,6 +33,11 @@ from streams.replay import late_record
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The checkpoint file: (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, engine state, tracker state).
+#: A file that does not start so is the engine's state alone (version 1, before incidents).
+CHECKPOINT_FORMAT = "frustration-embedded"
+CHECKPOINT_VERSION = 2
 
 #: Flags emitted within this much event time of "now" count as live (for the live watermark).
 LIVE_WINDOW_MS = 600_000
@@ -54,6 +65,7 @@ class EmbeddedRunner:
         self.store = store
         self.metrics = metrics or FrustrationMetrics(runner="embedded")
         self.engine = DetectionEngine(settings.detection)
+        self.tracker = IncidentTracker(settings.detection)
         self.activity = RecentActivity(deque(), deque(), Counter())
         # A (re)start is not idleness: clients get idle_advance_s to resume before event time moves.
         self.last_event_wall = time.time()
@@ -86,7 +98,7 @@ class EmbeddedRunner:
         push = self.engine.push
         for event in events:
             push(event)
-        self._route(self.engine.drain())
+        self._route_engine(self.engine.drain())
         self._count_duplicates()
         self.last_event_wall = now
         self.activity.events.append((now, len(events)))
@@ -114,7 +126,7 @@ class EmbeddedRunner:
                 # A live stream: nothing older than now - lateness is still in flight.
                 target = max(target, now_ms)
             engine.advance_watermark(target)
-            self._route(engine.drain())
+            self._route_engine(engine.drain())
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             self.checkpoint()
         self.refresh_gauges(now)
@@ -124,6 +136,7 @@ class EmbeddedRunner:
         self.metrics.tracked_users.set(len(self.engine.users))
         counts = self.store.counts(now)
         self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
+        self.metrics.set_incidents_open(counts.open_incidents)
         horizon = now - 3600
         for buffer in (self.activity.events, self.activity.signals):
             while buffer and buffer[0][0] < horizon:
@@ -132,19 +145,42 @@ class EmbeddedRunner:
             self._receipts.popleft()
 
     # -- output -----------------------------------------------------------------------------------
-    def _route(self, outputs: list[Output]) -> None:
+    def _route_engine(self, outputs: list[Output]) -> None:
+        """The engine's outputs: flags through the incident tracker, the rest straight on."""
+        tracker = self.tracker
+        others: list[Output] = []
+        for out in outputs:
+            if isinstance(out, Flag):
+                tracker.push(out)
+            else:
+                others.append(out)
+        self._route(others)
+        watermark = flag_watermark(self.engine)
+        if watermark is not None:
+            tracker.advance_watermark(watermark)
+        if tracker.outbox:
+            self._route(tracker.drain())
+
+    def _route(self, outputs: Sequence[Output | Incident]) -> None:
         if not outputs:
             return
         now = time.time()
         late = []
         for out in outputs:
             if isinstance(out, Flag):
-                if self.store.upsert_flag(out):
+                change = self.store.write_flag(out)
+                if change is None:
+                    continue
+                if change.new or change.escalated:
                     if out.update == 0:
                         self.metrics.flag_opened(out.severity)
                     else:
                         self.metrics.flag_escalated(out.severity)
                     self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
+                if change.grouped_into is not None:
+                    self.metrics.incident_flag_grouped(out.signals[-1].kind)
+            elif isinstance(out, Incident):
+                self._incident(out)
             elif isinstance(out, Signal):
                 self.metrics.signal(out.kind)
                 self.activity.signals.append((now, out.kind))
@@ -161,6 +197,32 @@ class EmbeddedRunner:
                 late.append(late_record(out))
         if late:
             self.store.add_dead_letters(late)
+
+    def _incident(self, incident: Incident) -> None:
+        change = self.store.write_incident(incident)
+        if change is None:
+            return
+        if change.new:
+            self.metrics.incident_opened(incident.kind)
+            log.info(
+                "incident %s opened: %s, %d clients within %d s",
+                incident.incident_id,
+                incident.kind,
+                incident.affected_users + incident.individual_users,
+                incident.window_ms // 1000,
+            )
+        if change.closed:
+            log.info(
+                "incident %s closed: %d clients grouped, %d kept for individual outreach",
+                incident.incident_id,
+                incident.affected_users,
+                incident.individual_users,
+            )
+
+    def route_outputs(self, outputs: Sequence[Output | Incident]) -> None:
+        """Flags and alerts produced elsewhere (the Kafka workers, via the queue sink): into the
+        queue and the metrics, exactly as this runner's own."""
+        self._route(outputs)
 
     def _count_duplicates(self) -> None:
         duplicates = self.engine.stats.duplicates
@@ -181,7 +243,8 @@ class EmbeddedRunner:
         path = Path(self.settings.checkpoint_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        blob = self.engine.snapshot()
+        state = (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.engine.snapshot())
+        blob = pickle.dumps((*state, self.tracker.snapshot()), protocol=pickle.HIGHEST_PROTOCOL)
         with open(tmp, "wb") as handle:
             handle.write(blob)
             handle.flush()
@@ -197,7 +260,7 @@ class EmbeddedRunner:
         if not path.exists():
             return
         try:
-            self.engine.restore(path.read_bytes())
+            self._restore_blob(path.read_bytes())
         except ConfigurationError:
             raise
         except Exception as exc:  # a torn or foreign file: say so, never guess
@@ -206,3 +269,15 @@ class EmbeddedRunner:
         if watermark is not None:
             self.newest_event_ts = watermark + self.settings.detection.allowed_lateness_ms
         log.info("resumed detector state of %d users from %s", len(self.engine.users), path)
+
+    def _restore_blob(self, blob: bytes) -> None:
+        data = pickle.loads(blob)
+        if not (isinstance(data, tuple) and data and data[0] == CHECKPOINT_FORMAT):
+            self.engine.restore(blob)  # written before incidents: the engine's state alone
+            return
+        if data[1] != CHECKPOINT_VERSION:
+            raise ConfigurationError(
+                f"checkpoint has version {data[1]}, this build reads {CHECKPOINT_VERSION}"
+            )
+        self.engine.restore(data[2])
+        self.tracker.restore(data[3])

@@ -3,6 +3,11 @@
 User level: a user is predicted frustrated when they got at least one flag; per signal kind, when
 one of their flags carries a signal of that kind. Detection delay is the event time from an
 episode's `evident_ts` (when an observer could tell) to the first flag showing that kind.
+
+Clients hit by a simulated outage (`outage` in the truth) are left out of those scores: they are
+frustrated by the platform, not individually, and `incident_report` scores them instead: how many
+support-queue items the stream made with incident grouping and without it, and whether any
+outage client still reached individual outreach.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from signals.events import ClickEvent
 from signals.exceptions import InvalidEvent
 from signals.flags import SIGNAL_KINDS, parse_ts
 from signals.wire import parse_event
-from streams.replay import replay_lines
+from streams.replay import ReplayResult, replay_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,18 @@ def load_truth(lines: Iterable[bytes]) -> list[dict[str, Any]]:
 
 
 def evaluate(
-    event_lines: list[bytes], truth: list[dict[str, Any]], config: DetectionConfig | None = None
+    event_lines: list[bytes],
+    truth: list[dict[str, Any]],
+    config: DetectionConfig | None = None,
+    result: ReplayResult | None = None,
 ) -> list[Score]:
-    """Overall and per-kind scores of our detectors on a labelled stream."""
-    flags, _, _ = replay_lines(event_lines, config)
+    """Overall and per-kind scores of our detectors on a labelled stream (outage clients left
+    out). `result`: a replay of `event_lines` already made, to avoid a second one."""
+    if result is None:
+        result = replay_all(event_lines, config)
+    outage = {t["user_id"] for t in truth if t.get("outage")}
+    truth = [t for t in truth if t["user_id"] not in outage]
+    flags = [f for f in result.flags if f["user_id"] not in outage]
     flagged = {f["user_id"] for f in flags}
     first_seen: dict[tuple[str, str], int] = {}
     for f in flags:
@@ -137,3 +150,61 @@ def evaluate_baseline(
         if e["kind"] == "rage_click" and t["user_id"] in first
     ]
     return _score(f"{rule} rage_click", set(first), true_users, delays)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentReport:
+    """Support-queue items of a replay, with and without incident grouping."""
+
+    incidents: dict[str, int]  # cause -> clients attached (last emission of each incident)
+    outage_clients: int
+    outage_flagged: int
+    outage_individual: int  # outage clients whose flag still went to individual outreach
+    other_flagged: int  # clients flagged who were not hit by an outage
+    other_individual: int  # of them, those in individual outreach
+    items_without_grouping: int  # one per flag
+    individual_flags: int
+
+    @property
+    def items_with_grouping(self) -> int:
+        return self.individual_flags + len(self.incidents)
+
+    def lines(self) -> list[str]:
+        causes = ", ".join(f"{c}: {n} clients" for c, n in sorted(self.incidents.items()))
+        return [
+            f"incidents: {len(self.incidents)}" + (f" ({causes})" if causes else ""),
+            f"outage clients: {self.outage_clients}, flagged {self.outage_flagged}, "
+            f"in individual outreach {self.outage_individual}",
+            f"other clients flagged: {self.other_flagged}, in individual outreach "
+            f"{self.other_individual}",
+            f"support-queue items without incident grouping: {self.items_without_grouping}",
+            f"support-queue items with incident grouping: {self.items_with_grouping} "
+            f"({self.individual_flags} individual flags + {len(self.incidents)} "
+            f"incident{'' if len(self.incidents) == 1 else 's'})",
+        ]
+
+
+def incident_report(result: ReplayResult, truth: list[dict[str, Any]]) -> IncidentReport:
+    """Queue items with and without grouping, and where the outage clients ended up. A flag's
+    place is that of its last emission (a re-emission with `incident_id` attaches it)."""
+    outage = {t["user_id"] for t in truth if t.get("outage")}
+    last: dict[str, dict[str, Any]] = {}
+    for f in result.flags:
+        last[f["flag_id"]] = f
+    individual = [f for f in last.values() if f["incident_id"] is None]
+    incidents: dict[str, int] = {}
+    for i in result.incidents:
+        incidents[i["incident_id"]] = i["affected_users"]
+    by_cause = {i["cause"]: incidents[i["incident_id"]] for i in result.incidents}
+    flagged = {f["user_id"] for f in last.values()}
+    alone = {f["user_id"] for f in individual}
+    return IncidentReport(
+        incidents=by_cause if len(by_cause) == len(incidents) else incidents,
+        outage_clients=len(outage),
+        outage_flagged=len(flagged & outage),
+        outage_individual=len(alone & outage),
+        other_flagged=len(flagged - outage),
+        other_individual=len(alone - outage),
+        items_without_grouping=len(last),
+        individual_flags=len(individual),
+    )

@@ -26,12 +26,13 @@ frustration_flag_escalations_total          counter    severity            open 
 frustration_security_alerts_total           counter    kind                credential stuffing
 frustration_incidents_total                 counter    kind                incidents opened
 frustration_incidents_open                  gauge      kind                incidents now open
+frustration_incident_flags_total            counter    kind                flags grouped
 frustration_processing_seconds              histogram  stage               batch wall time
 frustration_event_lag_seconds               histogram  -                   now - event ts
 frustration_flag_latency_seconds            histogram  -                   receipt -> queue write
 frustration_tracked_users                   gauge      -                   users with state
-frustration_queue_items                     gauge      status              queue flags by status
-frustration_queue_oldest_open_age_seconds   gauge      -                   oldest open flag age
+frustration_queue_items                     gauge      status              queue items by status
+frustration_queue_oldest_open_age_seconds   gauge      -                   oldest open item age
 frustration_ingest_requests_total           counter    code                HTTP ingest responses
 frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
 frustration_build_info                      gauge      version, runner     always 1
@@ -81,7 +82,8 @@ SIGNAL_KINDS: tuple[str, ...] = _SIGNAL_KINDS
 SEVERITIES: tuple[str, ...] = _SEVERITIES
 SECURITY_ALERT_KINDS: tuple[str, ...] = ("credential_stuffing",)
 INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
-PROCESSING_STAGES: tuple[str, ...] = ("batch",)
+# batch: the embedded runner (and queue sink); route and detect: the two stages of a Kafka worker.
+PROCESSING_STAGES: tuple[str, ...] = ("batch", "route", "detect")
 QUEUE_STATUSES: tuple[str, ...] = _QUEUE_STATUSES
 INGEST_CODES: tuple[str, ...] = ("202", "400", "401", "413", "415", "500")
 RUNNERS: tuple[str, ...] = ("embedded", "kafka")
@@ -248,6 +250,12 @@ class FrustrationMetrics:
             ["kind"],
             registry=reg,
         )
+        self.incident_flags = Counter(
+            "frustration_incident_flags_total",
+            "Flags grouped under an incident (out of individual outreach), by the incident's kind.",
+            ["kind"],
+            registry=reg,
+        )
         self.processing_seconds = Histogram(
             "frustration_processing_seconds",
             "Wall time to run one batch of events through the detectors.",
@@ -274,13 +282,13 @@ class FrustrationMetrics:
         )
         self.queue_items = Gauge(
             "frustration_queue_items",
-            "Support-queue flags by status.",
+            "Support-queue items (individual flags and incidents) by status.",
             ["status"],
             registry=reg,
         )
         self.queue_oldest_open_age_seconds = Gauge(
             "frustration_queue_oldest_open_age_seconds",
-            "Age of the oldest open (unclaimed) support-queue flag; 0 when there is none.",
+            "Age of the oldest open (unclaimed) support-queue item; 0 when there is none.",
             registry=reg,
         )
         self.ingest_requests = Counter(
@@ -315,6 +323,7 @@ class FrustrationMetrics:
         for kind in INCIDENT_KINDS:
             self.incidents.labels(kind=kind)
             self.incidents_open.labels(kind=kind).set(0)
+            self.incident_flags.labels(kind=kind)
         for stage in PROCESSING_STAGES:
             self.processing_seconds.labels(stage=stage)
         for status in QUEUE_STATUSES:
@@ -355,6 +364,10 @@ class FrustrationMetrics:
 
     def incident_opened(self, kind: str) -> None:
         self.incidents.labels(kind=_check(kind, INCIDENT_KINDS, "kind")).inc()
+
+    def incident_flag_grouped(self, kind: str) -> None:
+        """A flag newly grouped under an incident of `kind` (it leaves individual outreach)."""
+        self.incident_flags.labels(kind=_check(kind, INCIDENT_KINDS, "kind")).inc()
 
     def set_incidents_open(self, counts: Mapping[str, int]) -> None:
         """Set the open-incident gauge for every kind (kinds missing from ``counts`` -> 0)."""

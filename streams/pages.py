@@ -1,6 +1,8 @@
 """The two server-rendered pages: `/queue` for support agents, `/ops` for platform ops.
 
-Small HTML, no front-end build, no script beyond a refresh; every value is escaped."""
+Small HTML, no front-end build, no script beyond a refresh; every value is escaped. Incidents (many
+clients, one cause) head the queue as one item each, with the suggested bulk message and the
+clients listed under them; their grouped flags are not listed one by one."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ input,select,button{font:inherit;font-size:13px;padding:2px 6px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:12px}
 .card{background:#fff;padding:12px 14px;border:1px solid #e1e5ea;border-radius:6px}
 .card b{display:block;font-size:24px} .error{background:#ffe3e3;padding:8px;margin-bottom:10px}
+.incident{background:#fffbea} details ul{margin:4px 0;padding-left:18px;columns:3}
+blockquote{margin:6px 0;padding:6px 10px;border-left:3px solid #f0b429;background:#fff}
 """
 
 
@@ -63,6 +67,73 @@ def _evidence(flag: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _actions(path: str, item: dict[str, Any]) -> str:
+    """Claim (open) or resolve (claimed) forms for a flag or an incident at `path`."""
+    if item["status"] == "open":
+        return (
+            f'<form method=post action="{path}/claim">'
+            '<input name=agent placeholder="your name" required size=10>'
+            "<button>Claim</button></form>"
+        )
+    options = "".join(f"<option>{o}</option>" for o in OUTCOMES)
+    return (
+        f"<span class=muted>claimed by {escape(item['claimed_by'] or '?')}</span><br>"
+        f'<form method=post action="{path}/resolve">'
+        f"<select name=outcome>{options}</select>"
+        '<input name=note placeholder="short note" maxlength=500 size=14>'
+        "<button>Resolve</button></form>"
+    )
+
+
+#: Clients listed inline under an incident on /queue; the rest are one link away.
+LISTED_CLIENTS = 60
+
+
+def _incidents_html(store: QueueStore, now: float) -> str:
+    rows = []
+    for item in store.list_incidents(limit=50):
+        if item["status"] == "resolved":
+            continue
+        iid = escape(item["incident_id"])
+        shown = store.get_incident(item["incident_id"])
+        clients = shown["clients"]
+        grouped = item["clients_grouped"]
+        individually = len(clients) - grouped
+        listed = "".join(
+            f'<li><a href="/v1/flags/{escape(c["flag_id"])}"><code>{escape(c["user_id"])}</code>'
+            f"</a> <span class=muted>{escape(c['severity'])}, {escape(c['status'])}"
+            f"{'' if c['grouped'] else ', individual'}</span></li>"
+            for c in clients[:LISTED_CLIENTS]
+        )
+        more = (
+            f'<li><a href="/v1/flags?incident={iid}&amp;limit=1000">all {len(clients)}</a></li>'
+            if len(clients) > LISTED_CLIENTS
+            else ""
+        )
+        state = "still happening" if item["state"] == "open" else "over"
+        extra = f" (+{individually} handled individually)" if individually else ""
+        rows.append(
+            f'<tr class=incident data-incident-id="{iid}"><td><b>incident</b><br>'
+            f"{escape(item['kind'].replace('_', ' '))}</td>"
+            f"<td><b class=count>{grouped}</b> clients{extra}</td>"
+            f"<td>{escape(item['evidence'])}<br><span class=muted>{state} · since "
+            f"{escape(item['first_seen_ts'])} · <code>{escape(item['cause'])}</code> · "
+            f'<a href="/v1/incidents/{iid}">details</a></span>'
+            f"<blockquote>{escape(item['message'])}</blockquote>"
+            f"<details><summary>Affected clients ({len(clients)})</summary><ul>{listed}{more}"
+            f"</ul></details></td><td>{_age(now - item['created_at'])}</td>"
+            f"<td>{escape(item['status'])}</td>"
+            f"<td>{_actions(f'/v1/incidents/{iid}', item)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Incidents: one message for many clients</h2><table><tr><th>Incident</th>"
+        "<th>Clients</th><th>What happened · suggested message</th><th>Waiting</th>"
+        "<th>Status</th><th></th></tr>" + "".join(rows) + "</table><h2>Individual outreach</h2>"
+    )
+
+
 def queue_page(store: QueueStore, error: str | None = None) -> str:
     now = time.time()
     rows = []
@@ -70,21 +141,7 @@ def queue_page(store: QueueStore, error: str | None = None) -> str:
         if f["status"] == "resolved":
             continue
         fid = escape(f["flag_id"])
-        if f["status"] == "open":
-            action = (
-                f'<form method=post action="/v1/flags/{fid}/claim">'
-                '<input name=agent placeholder="your name" required size=10>'
-                "<button>Claim</button></form>"
-            )
-        else:
-            options = "".join(f"<option>{o}</option>" for o in OUTCOMES)
-            action = (
-                f"<span class=muted>claimed by {escape(f['claimed_by'] or '?')}</span><br>"
-                f'<form method=post action="/v1/flags/{fid}/resolve">'
-                f"<select name=outcome>{options}</select>"
-                '<input name=note placeholder="short note" maxlength=500 size=14>'
-                "<button>Resolve</button></form>"
-            )
+        action = _actions(f"/v1/flags/{fid}", f)
         rows.append(
             f'<tr><td><span class="sev {escape(f["severity"])}">{escape(f["severity"])}</span>'
             f"</td><td>{_age(now - f['created_at'])}</td>"
@@ -114,11 +171,13 @@ def queue_page(store: QueueStore, error: str | None = None) -> str:
     counts = store.counts(now)
     summary = (
         f"<p class=muted>{counts.by_status['open']} open, {counts.by_status['claimed']} claimed; "
-        f"oldest open waiting {_age(counts.oldest_open_age_s)}. Highest severity first, then "
-        "longest waiting.</p>"
+        f"oldest open waiting {_age(counts.oldest_open_age_s)}. Incidents first, then highest "
+        "severity, then longest waiting.</p>"
     )
     banner = f"<div class=error>{escape(error)}</div>" if error else ""
-    return _layout("Support queue", banner + summary + table + alert_html, refresh_s=10)
+    incidents = _incidents_html(store, now)
+    body = banner + summary + incidents + table + alert_html
+    return _layout("Support queue", body, refresh_s=10)
 
 
 def ops_page(runner: EmbeddedRunner) -> str:
@@ -131,12 +190,13 @@ def ops_page(runner: EmbeddedRunner) -> str:
     cards = [
         ("events / s (last minute)", f"{last_minute / 60:.1f}"),
         ("tracked users", f"{len(runner.engine.users)}"),
-        ("open flags", f"{counts.by_status['open']}"),
-        ("claimed flags", f"{counts.by_status['claimed']}"),
-        ("oldest open flag", _age(counts.oldest_open_age_s)),
+        ("open queue items (flags, incidents)", f"{counts.by_status['open']}"),
+        ("claimed queue items", f"{counts.by_status['claimed']}"),
+        ("oldest open queue item", _age(counts.oldest_open_age_s)),
         ("late events (total)", f"{stats.late}"),
         ("duplicate events (total)", f"{stats.duplicates}"),
         ("security alerts (total)", f"{stats.alerts}"),
+        ("open incidents", f"{sum(counts.open_incidents.values())}"),
     ]
     cards_html = "".join(f"<div class=card><b>{v}</b>{escape(k)}</div>" for k, v in cards)
     signal_rows = "".join(
@@ -157,8 +217,21 @@ def ops_page(runner: EmbeddedRunner) -> str:
         )
         or "<tr><td colspan=3 class=muted>no rage clicks yet</td></tr>"
     )
+    incident_rows = (
+        "".join(
+            f"<tr><td>{escape(i['kind'].replace('_', ' '))}</td><td><code>{escape(i['cause'])}"
+            f"</code></td><td>{escape(i['opened_ts'])}</td><td>{escape(i['last_seen_ts'])}</td>"
+            f"<td>{i['affected_users'] + i['individual_users']}</td><td>{i['peak_rate']:.1f}</td>"
+            f"<td>{i['baseline_rate']:.2f}</td></tr>"
+            for i in runner.store.list_incidents(state="open", limit=20)
+        )
+        or "<tr><td colspan=7 class=muted>no open incident</td></tr>"
+    )
     body = (
         f"<div class=cards>{cards_html}</div>"
+        "<h2>Open incidents (many clients, one cause)</h2><table><tr><th>kind</th><th>cause</th>"
+        "<th>opened</th><th>last flag</th><th>clients</th><th>peak clients / min</th>"
+        f"<th>usual clients / min</th></tr>{incident_rows}</table>"
         "<h2>Signals</h2><table><tr><th>kind</th><th>per minute (last 10 min)</th>"
         f"<th>total</th></tr>{signal_rows}</table>"
         "<h2>Flags by severity</h2><table><tr><th>severity</th><th>open now</th>"

@@ -1,9 +1,24 @@
-"""The support queue: flags and security alerts in SQLite, for agents to claim and resolve.
+"""The support queue: flags, incidents and security alerts in SQLite, for agents to claim and
+resolve.
 
 Written idempotently by `flag_id`: the same emission stored twice is one row, an escalation
 updates the row and adds a line to its history, and an emission older than what is stored is
 ignored (a replayed Kafka message cannot move a flag back). An escalation of a resolved flag
 re-opens it: that is new frustration. WAL mode, so the pages read while the runner writes.
+
+Incidents (many clients, one cause) are queue items of their own, written idempotently by
+`incident_id` and `update`. A flag emitted with an `incident_id` is *grouped*: it leaves the
+individual queue (the incident item stands for it) and its client is listed under the incident
+(`incident_flags`), where the client stays for follow-up, whatever happens later. Rules:
+
+- the same emission again with an `incident_id` (the tracker's re-emission when an incident
+  opens) groups a flag that is still open; a flag an agent has already claimed or resolved stays
+  where it is (the agent's claim wins) and is only listed under the incident;
+- a newer emission without `incident_id` (stronger evidence of its own) takes the flag back to
+  the individual queue;
+- resolving an incident resolves its grouped flags that are still open, with the same outcome;
+- a flag newly grouped under a resolved incident re-opens it (that client has not had the
+  message yet).
 """
 
 from __future__ import annotations
@@ -12,13 +27,14 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
 from signals.flags import SEVERITIES, Flag, SecurityAlert
+from signals.incidents import Incident
 
 Status = Literal["open", "claimed", "resolved"]
 STATUSES: tuple[Status, ...] = ("open", "claimed", "resolved")
@@ -66,6 +82,40 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason      TEXT NOT NULL,
     record      BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS flags_by_incident ON flags (incident_id);
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id    TEXT PRIMARY KEY,
+    cause          TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'open',
+    update_no      INTEGER NOT NULL,
+    opened_ts      INTEGER NOT NULL,
+    event_ts       INTEGER NOT NULL,
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL,
+    claimed_by     TEXT,
+    claimed_at     REAL,
+    resolved_at    REAL,
+    outcome        TEXT,
+    note           TEXT,
+    incident_json  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incident_flags (
+    incident_id  TEXT NOT NULL,
+    flag_id      TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    listed_at    REAL NOT NULL,
+    PRIMARY KEY (incident_id, flag_id)
+);
+CREATE TABLE IF NOT EXISTS incident_history (
+    incident_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    what        TEXT NOT NULL,
+    detail      TEXT,
+    PRIMARY KEY (incident_id, seq)
+);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id           TEXT PRIMARY KEY,
     kind               TEXT NOT NULL,
@@ -84,9 +134,31 @@ class QueueError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class QueueCounts:
+    """Queue items (individual flags and incidents) by status, the oldest open item's age, open
+    individual flags by severity, and incidents the detector still sees open, by kind."""
+
     by_status: dict[str, int]
     oldest_open_age_s: float
     open_by_severity: dict[str, int]
+    open_incidents: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagWrite:
+    """What storing one flag emission changed."""
+
+    new: bool = False  # a flag not seen before
+    escalated: bool = False  # a newer emission of a known flag (escalated or re-opened)
+    grouped_into: str | None = None  # the incident the flag now stands under in the queue
+    listed_in: str | None = None  # the incident the client was newly listed under
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentWrite:
+    """What storing one incident emission changed."""
+
+    new: bool = False
+    closed: bool = False  # the detector closed it with this emission
 
 
 class QueueStore:
@@ -128,16 +200,23 @@ class QueueStore:
 
     # -- writes from the runners ------------------------------------------------------------------
     def upsert_flag(self, flag: Flag | dict[str, Any]) -> bool:
-        """Store one flag emission; True when it changed the queue (new or newer)."""
+        """Store one flag emission; True when it changed the queue (new, newer or regrouped)."""
+        return self.write_flag(flag) is not None
+
+    def write_flag(self, flag: Flag | dict[str, Any]) -> FlagWrite | None:
+        """Store one flag emission; what it changed, or None when it changed nothing."""
         if isinstance(flag, dict):
             flag = Flag.model_validate(flag)
         blob = flag.model_dump_json().encode()
         kinds = ",".join(sorted({s.kind for s in flag.signals}))
         now = time.time()
+        incident = flag.incident_id
         with self._tx() as db:
             row = db.execute(
-                "SELECT update_no, status FROM flags WHERE flag_id = ?", (flag.flag_id,)
+                "SELECT update_no, status, incident_id FROM flags WHERE flag_id = ?",
+                (flag.flag_id,),
             ).fetchone()
+            listed = self._list_under(flag, now) if incident is not None else False
             if row is None:
                 db.execute(
                     "INSERT INTO flags (flag_id, user_id, severity, severity_rank, score, reason, "
@@ -155,17 +234,39 @@ class QueueStore:
                         flag.update,
                         flag.opened_ts,
                         flag.ts,
-                        flag.incident_id,
+                        incident,
                         now,
                         now,
                         blob,
                     ),
                 )
                 self._history(flag.flag_id, "flagged", flag.severity, flag.reason)
-                return True
-            if flag.update <= row["update_no"]:
-                return False  # already stored (a replayed message) or older
+                if incident is not None:
+                    self._grouped(flag.flag_id, incident)
+                return FlagWrite(
+                    new=True, grouped_into=incident, listed_in=incident if listed else None
+                )
+            stored = row["incident_id"]
+            if flag.update < row["update_no"] or (
+                flag.update == row["update_no"] and (incident is None or incident == stored)
+            ):
+                # Already stored (a replayed message) or older; a listing is all it may add.
+                return FlagWrite(listed_in=incident) if listed else None
+            if flag.update == row["update_no"] and incident is not None:
+                # The same emission re-sent with an incident_id: group it, unless an agent
+                # already has it (claimed or resolved): then it is only listed.
+                if row["status"] != "open" or stored is not None:
+                    return FlagWrite(listed_in=incident) if listed else None
+                db.execute(
+                    "UPDATE flags SET incident_id = ?, flag_json = ?, updated_at = ? "
+                    "WHERE flag_id = ?",
+                    (incident, blob, now, flag.flag_id),
+                )
+                self._grouped(flag.flag_id, incident)
+                return FlagWrite(grouped_into=incident, listed_in=incident if listed else None)
             status = "open" if row["status"] == "resolved" else row["status"]
+            if incident is not None and row["status"] == "claimed":
+                incident = stored  # an agent holds it: it stays with them
             db.execute(
                 "UPDATE flags SET severity = ?, severity_rank = ?, score = ?, reason = ?, "
                 "kinds = ?, update_no = ?, event_ts = ?, incident_id = ?, updated_at = ?, "
@@ -178,7 +279,7 @@ class QueueStore:
                     kinds,
                     flag.update,
                     flag.ts,
-                    flag.incident_id,
+                    incident,
                     now,
                     status,
                     blob,
@@ -187,7 +288,100 @@ class QueueStore:
             )
             what = "reopened" if row["status"] == "resolved" else "escalated"
             self._history(flag.flag_id, what, flag.severity, flag.reason)
-            return True
+            grouped = incident if incident is not None and incident != stored else None
+            if grouped is not None:
+                self._grouped(flag.flag_id, grouped)
+            elif incident is None and stored is not None:
+                self._history(flag.flag_id, "ungrouped", None, "stronger evidence of its own")
+            return FlagWrite(
+                escalated=True, grouped_into=grouped, listed_in=flag.incident_id if listed else None
+            )
+
+    def _grouped(self, flag_id: str, incident_id: str) -> None:
+        """A flag now stands under `incident_id`; a resolved incident re-opens: this client has
+        not had the message yet."""
+        self._history(flag_id, "grouped", None, incident_id)
+        cur = self.db.execute(
+            "UPDATE incidents SET status = 'open', updated_at = ? "
+            "WHERE incident_id = ? AND status = 'resolved'",
+            (time.time(), incident_id),
+        )
+        if cur.rowcount:
+            self._incident_history(incident_id, "reopened", "new clients joined")
+
+    def _list_under(self, flag: Flag, now: float) -> bool:
+        """List the flag's client under its incident (once); True when newly listed."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO incident_flags (incident_id, flag_id, user_id, listed_at) "
+            "VALUES (?, ?, ?, ?)",
+            (flag.incident_id, flag.flag_id, flag.user_id, now),
+        )
+        return cur.rowcount == 1
+
+    def _incident_history(self, incident_id: str, what: str, detail: str | None) -> None:
+        seq = self.db.execute(
+            "SELECT COALESCE(MAX(seq), -1) + 1 FROM incident_history WHERE incident_id = ?",
+            (incident_id,),
+        ).fetchone()[0]
+        self.db.execute(
+            "INSERT INTO incident_history (incident_id, seq, at, what, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (incident_id, seq, time.time(), what, detail),
+        )
+
+    def upsert_incident(self, incident: Incident | dict[str, Any]) -> bool:
+        """Store one incident emission; True when it changed the queue."""
+        return self.write_incident(incident) is not None
+
+    def write_incident(self, incident: Incident | dict[str, Any]) -> IncidentWrite | None:
+        """Store one incident emission (newer `update` only); what it changed, or None."""
+        if isinstance(incident, dict):
+            incident = Incident.model_validate(incident)
+        blob = incident.model_dump_json().encode()
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT update_no, state FROM incidents WHERE incident_id = ?",
+                (incident.incident_id,),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO incidents (incident_id, cause, kind, state, status, update_no, "
+                    "opened_ts, event_ts, created_at, updated_at, incident_json) "
+                    "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    (
+                        incident.incident_id,
+                        incident.cause,
+                        incident.kind,
+                        incident.status,
+                        incident.update,
+                        incident.opened_ts,
+                        incident.ts,
+                        now,
+                        now,
+                        blob,
+                    ),
+                )
+                self._incident_history(incident.incident_id, "opened", incident.evidence)
+                return IncidentWrite(new=True, closed=incident.status == "closed")
+            if incident.update <= row["update_no"]:
+                return None
+            db.execute(
+                "UPDATE incidents SET state = ?, update_no = ?, event_ts = ?, "
+                "updated_at = ?, incident_json = ? WHERE incident_id = ?",
+                (
+                    incident.status,
+                    incident.update,
+                    incident.ts,
+                    now,
+                    blob,
+                    incident.incident_id,
+                ),
+            )
+            closed = incident.status == "closed" and row["state"] != "closed"
+            if closed:
+                self._incident_history(incident.incident_id, "closed", incident.evidence)
+            return IncidentWrite(closed=closed)
 
     def add_alert(self, alert: SecurityAlert | dict[str, Any]) -> bool:
         """Store one security alert; True when it was new."""
@@ -235,14 +429,24 @@ class QueueStore:
         status: Status | None = None,
         min_severity: str = "low",
         limit: int = 200,
+        *,
+        grouped: bool = False,
+        incident_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Flags by severity (highest first), then age (oldest first)."""
+        """Flags by severity (highest first), then age (oldest first): the individual outreach
+        queue (flags not grouped under an incident); with `grouped`, every flag; with
+        `incident_id`, the flags of the clients listed under that incident."""
         if min_severity not in _RANK:
             raise QueueError(f"unknown severity {min_severity!r}; one of {', '.join(SEVERITIES)}")
         if status is not None and status not in STATUSES:
             raise QueueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
         sql = "SELECT * FROM flags WHERE severity_rank >= ?"
         args: list[Any] = [_RANK[min_severity]]
+        if incident_id is not None:
+            sql += " AND flag_id IN (SELECT flag_id FROM incident_flags WHERE incident_id = ?)"
+            args.append(incident_id)
+        elif not grouped:
+            sql += " AND incident_id IS NULL"
         if status is not None:
             sql += " AND status = ?"
             args.append(status)
@@ -302,6 +506,144 @@ class QueueStore:
             self._history(flag_id, "resolved", None, outcome)
         return self.get_flag(flag_id)
 
+    # -- incidents --------------------------------------------------------------------------------
+    def list_incidents(
+        self, status: Status | None = None, state: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Incidents: unresolved first, then those the detector still sees open, newest first."""
+        if status is not None and status not in STATUSES:
+            raise QueueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+        if state is not None and state not in ("open", "closed"):
+            raise QueueError(f"unknown state {state!r}; one of open, closed")
+        sql = "SELECT * FROM incidents WHERE 1 = 1"
+        args: list[Any] = []
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        sql += (
+            " ORDER BY status = 'resolved', state = 'closed', opened_ts DESC, incident_id LIMIT ?"
+        )
+        args.append(limit)
+        return [self._incident_row(row) for row in self.db.execute(sql, args)]
+
+    def get_incident(self, incident_id: str) -> dict[str, Any]:
+        """One incident with its history and every client listed under it."""
+        row = self.db.execute(
+            "SELECT * FROM incidents WHERE incident_id = ?", (incident_id,)
+        ).fetchone()
+        if row is None:
+            raise QueueError(f"no incident {incident_id}")
+        result = self._incident_row(row)
+        result["history"] = [
+            dict(h)
+            for h in self.db.execute(
+                "SELECT seq, at, what, detail FROM incident_history WHERE incident_id = ? "
+                "ORDER BY seq",
+                (incident_id,),
+            )
+        ]
+        result["clients"] = [
+            {
+                "user_id": r["user_id"],
+                "flag_id": r["flag_id"],
+                "severity": r["severity"],
+                "status": r["status"],
+                "grouped": r["incident_id"] == incident_id,
+                "reason": r["reason"],
+            }
+            for r in self.db.execute(
+                "SELECT l.user_id, l.flag_id, f.severity, f.status, f.incident_id, f.reason "
+                "FROM incident_flags l JOIN flags f ON f.flag_id = l.flag_id "
+                "WHERE l.incident_id = ? ORDER BY f.severity_rank DESC, l.listed_at, l.flag_id",
+                (incident_id,),
+            )
+        ]
+        return result
+
+    def claim_incident(self, incident_id: str, agent: str) -> dict[str, Any]:
+        agent = agent.strip()[:64]
+        if not agent:
+            raise QueueError("claim needs the agent's name")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status FROM incidents WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+            if row is None:
+                raise QueueError(f"no incident {incident_id}")
+            if row["status"] != "open":
+                raise QueueError(f"incident {incident_id} is {row['status']}, not open")
+            db.execute(
+                "UPDATE incidents SET status = 'claimed', claimed_by = ?, claimed_at = ? "
+                "WHERE incident_id = ?",
+                (agent, time.time(), incident_id),
+            )
+            self._incident_history(incident_id, "claimed", agent)
+        return self.get_incident(incident_id)
+
+    def resolve_incident(self, incident_id: str, outcome: str, note: str = "") -> dict[str, Any]:
+        """Resolve the incident item and, with the same outcome, its grouped flags still open
+        (flags an agent claimed stay with that agent)."""
+        if outcome not in OUTCOMES:
+            raise QueueError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+        if len(note) > MAX_NOTE_CHARS:
+            raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status FROM incidents WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+            if row is None:
+                raise QueueError(f"no incident {incident_id}")
+            if row["status"] == "resolved":
+                raise QueueError(f"incident {incident_id} is already resolved")
+            db.execute(
+                "UPDATE incidents SET status = 'resolved', resolved_at = ?, outcome = ?, "
+                "note = ? WHERE incident_id = ?",
+                (now, outcome, note, incident_id),
+            )
+            flag_ids = [
+                r["flag_id"]
+                for r in db.execute(
+                    "SELECT flag_id FROM flags WHERE incident_id = ? AND status = 'open' "
+                    "ORDER BY flag_id",
+                    (incident_id,),
+                )
+            ]
+            for flag_id in flag_ids:
+                db.execute(
+                    "UPDATE flags SET status = 'resolved', resolved_at = ?, outcome = ?, "
+                    "note = ? WHERE flag_id = ?",
+                    (now, outcome, f"resolved with incident {incident_id}", flag_id),
+                )
+                self._history(flag_id, "resolved", None, f"{outcome} (incident {incident_id})")
+            self._incident_history(incident_id, "resolved", f"{outcome}; {len(flag_ids)} flags")
+        return self.get_incident(incident_id)
+
+    def _incident_row(self, row: sqlite3.Row) -> dict[str, Any]:
+        listed = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(f.incident_id = l.incident_id), 0) "
+            "FROM incident_flags l JOIN flags f ON f.flag_id = l.flag_id "
+            "WHERE l.incident_id = ?",
+            (row["incident_id"],),
+        ).fetchone()
+        return {
+            **orjson.loads(row["incident_json"]),
+            "state": row["state"],
+            "status": row["status"],
+            "clients_listed": listed[0],
+            "clients_grouped": listed[1],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+            "claimed_by": row["claimed_by"],
+            "claimed_at": row["claimed_at"],
+            "resolved_at": row["resolved_at"],
+            "outcome": row["outcome"],
+            "note": row["note"],
+        }
+
     def list_alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT alert_json, created_at FROM alerts ORDER BY event_ts DESC LIMIT ?", (limit,)
@@ -309,26 +651,40 @@ class QueueStore:
         return [orjson.loads(r["alert_json"]) | {"received_at": r["created_at"]} for r in rows]
 
     def counts(self, now: float | None = None) -> QueueCounts:
+        """Queue items: individual flags (not grouped under an incident) and incidents."""
         now = time.time() if now is None else now
         by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
-        for row in self.db.execute("SELECT status, COUNT(*) AS n FROM flags GROUP BY status"):
-            by_status[row["status"]] = row["n"]
+        for row in self.db.execute(
+            "SELECT status, COUNT(*) AS n FROM flags WHERE incident_id IS NULL GROUP BY status "
+            "UNION ALL SELECT status, COUNT(*) AS n FROM incidents GROUP BY status"
+        ):
+            by_status[row["status"]] += row["n"]
         open_by_severity: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
         for row in self.db.execute(
-            "SELECT severity, COUNT(*) AS n FROM flags WHERE status = 'open' GROUP BY severity"
+            "SELECT severity, COUNT(*) AS n FROM flags WHERE status = 'open' "
+            "AND incident_id IS NULL GROUP BY severity"
         ):
             open_by_severity[row["severity"]] = row["n"]
         oldest = self.db.execute(
-            "SELECT MIN(created_at) FROM flags WHERE status = 'open'"
+            "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM flags WHERE status = 'open' "
+            "AND incident_id IS NULL UNION ALL "
+            "SELECT MIN(created_at) FROM incidents WHERE status = 'open')"
         ).fetchone()[0]
         age = max(0.0, now - oldest) if oldest is not None else 0.0
-        return QueueCounts(by_status, age, open_by_severity)
+        open_incidents: dict[str, int] = {}
+        for row in self.db.execute(
+            "SELECT kind, COUNT(*) AS n FROM incidents WHERE state = 'open' GROUP BY kind"
+        ):
+            open_incidents[row["kind"]] = row["n"]
+        return QueueCounts(by_status, age, open_by_severity, open_incidents)
 
 
 def _flag_row(row: sqlite3.Row) -> dict[str, Any]:
     flag = orjson.loads(row["flag_json"])
     return {
         **flag,
+        # The queue's grouping: an agent's claim can keep a flag out of the incident it names.
+        "incident_id": row["incident_id"],
         "status": row["status"],
         "kinds": row["kinds"].split(",") if row["kinds"] else [],
         "created_at": row["created_at"],

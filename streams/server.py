@@ -4,9 +4,15 @@ Routes::
 
     POST /v1/events                 ingest: one event, a JSON array, or NDJSON      (API key)
     GET  /v1/flags                  the support queue (?status=&min_severity=&limit=) (token)
+                                    (individual flags; &grouped=1 all, &incident=ID one incident's)
     GET  /v1/flags/{id}             one flag with its evidence and history          (token)
     POST /v1/flags/{id}/claim       {"agent": "..."}                                (token)
     POST /v1/flags/{id}/resolve     {"outcome": "...", "note": "..."}               (token)
+    GET  /v1/incidents              incidents as queue items (?status=&state=)      (token)
+    GET  /v1/incidents/{id}         one incident, its history and listed clients    (token)
+    POST /v1/incidents/{id}/claim   {"agent": "..."}                                (token)
+    POST /v1/incidents/{id}/resolve {"outcome": "...", "note": "..."}: its grouped
+                                    open flags are resolved with it                 (token)
     GET  /v1/alerts                 security alerts (credential stuffing)           (token)
     GET  /queue, /ops               pages for support agents and platform ops      (token)
     GET  /metrics, /healthz, /readyz, /collector.js
@@ -141,7 +147,9 @@ async def options_events(request: web.Request) -> web.Response:
 async def queue_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The queue API and pages hold user ids: bearer token (or the page cookie) when one is set."""
     path = request.path
-    guarded = path.startswith(("/v1/flags", "/v1/alerts", "/v1/dead-letters", "/queue", "/ops"))
+    guarded = path.startswith(
+        ("/v1/flags", "/v1/incidents", "/v1/alerts", "/v1/dead-letters", "/queue", "/ops")
+    )
     expected = request.app[SETTINGS].queue_token
     if not guarded or expected is None:
         return await handler(request)
@@ -167,6 +175,8 @@ async def list_flags(request: web.Request) -> web.Response:
             status=request.query.get("status"),  # type: ignore[arg-type]
             min_severity=request.query.get("min_severity", "low"),
             limit=limit,
+            grouped=request.query.get("grouped", "") in ("1", "true", "yes"),
+            incident_id=request.query.get("incident"),
         )
     except (QueueError, ValueError) as exc:
         return _json({"error": str(exc)}, 400)
@@ -190,17 +200,21 @@ async def _body_json(request: web.Request) -> dict[str, Any]:
 
 
 async def _queue_action(
-    request: web.Request, action: Callable[[QueueStore, str, dict[str, Any]], dict[str, Any]]
+    request: web.Request,
+    action: Callable[[QueueStore, str, dict[str, Any]], dict[str, Any]],
+    key: str = "flag_id",
 ) -> web.StreamResponse:
-    """Claim or resolve: JSON in and out for the API, a form post and a redirect for the page."""
+    """Claim or resolve (a flag, or an incident with `key` "incident_id"): JSON in and out for
+    the API, a form post and a redirect for the page."""
     from_page = request.content_type != "application/json"
     try:
         data = await _body_json(request)
-        result = action(_store(request), request.match_info["flag_id"], data)
+        result = action(_store(request), request.match_info[key], data)
     except (QueueError, orjson.JSONDecodeError) as exc:
         if from_page:
             raise web.HTTPSeeOther(f"/queue?error={exc}") from None
-        return _json({"error": str(exc)}, 404 if str(exc).startswith("no flag") else 409)
+        missing = str(exc).startswith(("no flag", "no incident"))
+        return _json({"error": str(exc)}, 404 if missing else 409)
     if from_page:
         raise web.HTTPSeeOther("/queue")
     return _json(result)
@@ -218,6 +232,46 @@ async def resolve_flag(request: web.Request) -> web.StreamResponse:
         lambda store, flag_id, data: store.resolve(
             flag_id, str(data.get("outcome", "")), str(data.get("note", ""))
         ),
+    )
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    try:
+        limit = min(1000, int(request.query.get("limit", "100")))
+        incidents = _store(request).list_incidents(
+            status=request.query.get("status"),  # type: ignore[arg-type]
+            state=request.query.get("state"),
+            limit=limit,
+        )
+    except (QueueError, ValueError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json({"incidents": incidents, "count": len(incidents)})
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    try:
+        return _json(_store(request).get_incident(request.match_info["incident_id"]))
+    except QueueError as exc:
+        return _json({"error": str(exc)}, 404)
+
+
+async def claim_incident(request: web.Request) -> web.StreamResponse:
+    return await _queue_action(
+        request,
+        lambda store, incident_id, data: store.claim_incident(
+            incident_id, str(data.get("agent", ""))
+        ),
+        key="incident_id",
+    )
+
+
+async def resolve_incident(request: web.Request) -> web.StreamResponse:
+    return await _queue_action(
+        request,
+        lambda store, incident_id, data: store.resolve_incident(
+            incident_id, str(data.get("outcome", "")), str(data.get("note", ""))
+        ),
+        key="incident_id",
     )
 
 
@@ -296,7 +350,11 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     runner.store.close()
 
 
-def build_app(settings: Settings, metrics: FrustrationMetrics | None = None) -> web.Application:
+def build_app(
+    settings: Settings, metrics: FrustrationMetrics | None = None, *, ingest: bool = True
+) -> web.Application:
+    """The service's web app. `ingest=False` (the Kafka queue sink) leaves out POST /v1/events:
+    there, events go to Kafka and flags come from the workers."""
     check_bind(settings)
     store = QueueStore(settings.db_path)
     runner = EmbeddedRunner(settings, store, metrics)
@@ -304,12 +362,17 @@ def build_app(settings: Settings, metrics: FrustrationMetrics | None = None) -> 
     app[RUNNER] = runner
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_housekeeping)
-    app.router.add_post("/v1/events", post_events)
-    app.router.add_route("OPTIONS", "/v1/events", options_events)
+    if ingest:
+        app.router.add_post("/v1/events", post_events)
+        app.router.add_route("OPTIONS", "/v1/events", options_events)
     app.router.add_get("/v1/flags", list_flags)
     app.router.add_get("/v1/flags/{flag_id}", get_flag)
     app.router.add_post("/v1/flags/{flag_id}/claim", claim_flag)
     app.router.add_post("/v1/flags/{flag_id}/resolve", resolve_flag)
+    app.router.add_get("/v1/incidents", list_incidents)
+    app.router.add_get("/v1/incidents/{incident_id}", get_incident)
+    app.router.add_post("/v1/incidents/{incident_id}/claim", claim_incident)
+    app.router.add_post("/v1/incidents/{incident_id}/resolve", resolve_incident)
     app.router.add_get("/v1/alerts", list_alerts)
     app.router.add_get("/v1/dead-letters", list_dead_letters)
     app.router.add_get("/queue", queue_page)

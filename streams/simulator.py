@@ -16,14 +16,20 @@ few events are delivered twice with the same event_id.
 The ground truth has one record per user: whether they were frustrated, and each episode's kind,
 `start_ts` (its first event) and `evident_ts` (when an observer could tell: the first hammering
 click, the fifth failed login, the chat's end).
+
+An *outage* (`Outage`, `frustration simulate --outage login:service_unavailable`) adds, on top of
+the ordinary traffic, a crowd of extra clients hit by one platform failure within a few minutes:
+every login fails with the given reason, or one control does nothing. They are labelled with the
+outage's cause key (`outage` in the truth), not as individually frustrated: the detectors flag
+many of them correctly, and the point is that they reach the support queue as one incident.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -83,6 +89,7 @@ class Truth:
     episodes: list[Episode] = field(default_factory=list)
     lookalikes: list[str] = field(default_factory=list)
     credential_stuffing_victim: bool = False
+    outage: str | None = None  # cause key of the outage that hit this client
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,7 +101,47 @@ class Truth:
             ],
             "lookalikes": self.lookalikes,
             "credential_stuffing_victim": self.credential_stuffing_victim,
+            "outage": self.outage,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """One platform failure hitting `users` extra clients, whose first attempt falls within
+    `duration_ms` from `start_ms` (default: a third into the simulated period).
+
+    `kind` "login": every login in that time fails with reason `detail`; clients try 1-8 times at
+    human pace, some come back later and get in. `kind` "click": the control with target `detail`
+    does nothing; clients hammer it.
+    """
+
+    kind: Literal["login", "click"]
+    detail: str
+    users: int = 600
+    duration_ms: int = 180_000
+    start_ms: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str, users: int = 600) -> Outage:
+        """`login:<reason>` or `click:<target>`, e.g. login:service_unavailable, click:#pay."""
+        kind, _, detail = spec.partition(":")
+        if kind not in ("login", "click") or not detail:
+            raise ValueError(f"outage {spec!r}: expected login:<reason> or click:<target>")
+        return cls("login" if kind == "login" else "click", detail, users)
+
+    def control(self) -> tuple[str, str, str, str, str | None, int, int]:
+        for control in _CONTROLS:
+            if control[1] == self.detail:
+                return control
+        return ("/", self.detail, "", "button", "button", 500, 300)
+
+    @property
+    def cause(self) -> str:
+        """The cause key the incident tracker gives the flags of this outage."""
+        if self.kind == "login":
+            return f"failed_logins:{self.detail}"
+        page, target, label = self.control()[:3]
+        return f"rage_click:{page}|{target or label}"
 
 
 @dataclass(slots=True)
@@ -182,6 +229,7 @@ class Simulator:
         frustrated_share: float = 0.04,
         max_network_delay_ms: int = 3_000,
         duplicate_share: float = 0.005,
+        outages: Sequence[Outage] = (),
     ) -> None:
         self.users = users
         self.rng = random.Random(seed)
@@ -191,6 +239,7 @@ class Simulator:
         self.frustrated_share = frustrated_share
         self.max_network_delay_ms = max_network_delay_ms
         self.duplicate_share = duplicate_share
+        self.outages = tuple(outages)
         self._timed: list[tuple[int, int, Event]] = []
         self._n = 0
 
@@ -211,6 +260,8 @@ class Simulator:
             t0 = self.start_ms + self.rng.randrange(max(1, self.duration_ms - 1_800_000))
             truths.append(self._user(_User(self, user_id, t0)))
         self._credential_stuffing(truths)
+        for n, outage in enumerate(self.outages):
+            self._outage(truths, n, outage)
         self._timed.sort(key=lambda item: (item[0], item[1]))
         return SimulatedStream([e for _, _, e in self._timed], truths)
 
@@ -438,3 +489,48 @@ class Simulator:
                 self.emit(victim.user_id, f"s-atk-{victim.user_id}", t,
                           {"type": "login", "outcome": "failure", "reason": "bad_password",
                            "ip": attacker_ip, "device_id": "d-attacker"})  # fmt: skip
+
+    # -- outages ----------------------------------------------------------------------------------
+    def _outage(self, truths: list[Truth], n: int, outage: Outage) -> None:
+        rng = self.rng
+        start = (
+            self.start_ms + self.duration_ms // 3 if outage.start_ms is None else outage.start_ms
+        )
+        end = start + outage.duration_ms
+        for i in range(outage.users):
+            u = _User(
+                self, f"u{self.seed}-out{n}-{i:05d}", start + rng.randrange(outage.duration_ms)
+            )
+            u.truth.outage = outage.cause
+            if outage.kind == "login":
+                self._outage_login(u, outage.detail, end)
+            else:
+                self._outage_click(u, outage.control())
+            truths.append(u.truth)
+
+    def _outage_login(self, u: _User, reason: str, end: int) -> None:
+        """Tries until they give up or the outage ends; many come back later and get in."""
+        rng = self.rng
+        low, high = rng.choices([(1, 2), (3, 4), (5, 8)], [20, 35, 45])[0]
+        for _ in range(rng.randint(low, high)):
+            if u.t >= end:
+                break
+            u.login("failure", reason)
+            u.wait(6_000, 25_000)
+        if rng.random() < 0.6:
+            u.t = max(u.t, end) + int(rng.uniform(120_000, 2_400_000))
+            u.login("success")
+            for _ in range(rng.randint(2, 8)):
+                u.think()
+                self._ordinary_action(u)
+
+    def _outage_click(
+        self, u: _User, control: tuple[str, str, str, str, str | None, int, int]
+    ) -> None:
+        """Hammers the dead control once, then leaves."""
+        rng = self.rng
+        self._ordinary_login(u)
+        u.think()
+        for d in range(rng.randint(7, 15)):
+            u.click(control, detail=d + 1, jitter=8)
+            u.wait(120, 420)
