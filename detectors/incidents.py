@@ -465,7 +465,9 @@ class IncidentTracker:
             if flag_id in seen:
                 continue
             seen.add(flag_id)
-            latest = self._recent[flag_id]
+            latest = self._recent.get(flag_id)
+            if latest is None:  # a late flag's window reaches past what is remembered
+                continue
             link = self.attached.get(flag_id)
             if link is not None and latest.ts - link.last_ts <= self.config.flag_cooldown_ms:
                 continue  # already with another incident

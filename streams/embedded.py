@@ -27,6 +27,7 @@ from signals.exceptions import ConfigurationError
 from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
 from signals.incidents import Incident
 from signals.wire import AnyEvent
+from streams.event_time import idle_advance_target
 from streams.metrics import FrustrationMetrics
 from streams.queue_store import QueueStore
 from streams.replay import late_record
@@ -38,9 +39,6 @@ log = logging.getLogger(__name__)
 #: A file that does not start so is the engine's state alone (version 1, before incidents).
 CHECKPOINT_FORMAT = "frustration-embedded"
 CHECKPOINT_VERSION = 2
-
-#: Flags emitted within this much event time of "now" count as live (for the live watermark).
-LIVE_WINDOW_MS = 600_000
 
 
 @dataclass(slots=True)
@@ -64,6 +62,9 @@ class EmbeddedRunner:
         self.settings = settings
         self.store = store
         self.metrics = metrics or FrustrationMetrics(runner="embedded")
+        # False in the Kafka queue sink: the workers count flags and alerts (and time them) where
+        # they are made; counted again here, every rate in the alert rules would double.
+        self.counts_flags = True
         self.engine = DetectionEngine(settings.detection)
         self.tracker = IncidentTracker(settings.detection)
         self.activity = RecentActivity(deque(), deque(), Counter())
@@ -72,6 +73,9 @@ class EmbeddedRunner:
         self.last_checkpoint = time.time()
         # Newest event time seen; idle advances aim past it, never past their own earlier target.
         self.newest_event_ts: int | None = None
+        # The queue sink's incident stage (track_incidents): newest flag time, when it came.
+        self.newest_flag_ts: int | None = None
+        self.last_flag_wall = time.time()
         # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
         self._receipts: deque[tuple[int, float]] = deque()
         self._duplicates_counted = 0
@@ -117,15 +121,8 @@ class EmbeddedRunner:
         newest = self.newest_event_ts
         idle = now - self.last_event_wall >= self.settings.idle_advance_s
         if idle and newest is not None:
-            # From the newest *event*, not from the watermark: an advance must not compound, or
-            # every idle tick would push event time another lateness ahead of real time.
             lateness = self.settings.detection.allowed_lateness_ms
-            target = newest + lateness + 1  # releases every buffered event
-            now_ms = int(now * 1000)
-            if abs(now_ms - newest) < LIVE_WINDOW_MS:
-                # A live stream: nothing older than now - lateness is still in flight.
-                target = max(target, now_ms)
-            engine.advance_watermark(target)
+            engine.advance_watermark(idle_advance_target(newest, now, lateness))
             self._route_engine(engine.drain())
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             self.checkpoint()
@@ -171,7 +168,7 @@ class EmbeddedRunner:
                 change = self.store.write_flag(out)
                 if change is None:
                     continue
-                if change.new or change.escalated:
+                if (change.new or change.escalated) and self.counts_flags:
                     if out.update == 0:
                         self.metrics.flag_opened(out.severity)
                     else:
@@ -189,7 +186,7 @@ class EmbeddedRunner:
                     control = e.label or e.target or "?"
                     self.activity.rage_controls[(e.page or "?", control)] += 1
             elif isinstance(out, SecurityAlert):
-                if self.store.add_alert(out):
+                if self.store.add_alert(out) and self.counts_flags:
                     self.metrics.security_alert(out.kind)
                     log.warning("credential stuffing alert %s", out.alert_id)
             elif isinstance(out, LateEvent):
@@ -220,9 +217,34 @@ class EmbeddedRunner:
             )
 
     def route_outputs(self, outputs: Sequence[Output | Incident]) -> None:
-        """Flags and alerts produced elsewhere (the Kafka workers, via the queue sink): into the
-        queue and the metrics, exactly as this runner's own."""
+        """Flags, alerts and incidents produced elsewhere (the Kafka queue sink): into the queue
+        and the metrics, exactly as this runner's own."""
         self._route(outputs)
+
+    def track_incidents(self, flags: Sequence[Flag], now: float | None = None) -> list[Incident]:
+        """The Kafka queue sink's incident stage: flags from the workers through this runner's
+        incident tracker into the queue. Returns the incident records it produced (to publish).
+
+        The workers' engines run on several partitions, so flags come in only roughly in
+        event-time order: the tracker's own reorder buffer (`incident_lateness_ms`) sorts them.
+        When no flag has come for `idle_advance_s`, its event time moves on as the engine's does
+        (`idle_advance_target`), so incidents still update and close in a quiet period."""
+        now = time.time() if now is None else now
+        tracker = self.tracker
+        for flag in flags:
+            tracker.push(flag)
+            if self.newest_flag_ts is None or flag.ts > self.newest_flag_ts:
+                self.newest_flag_ts = flag.ts
+        if flags:
+            self.last_flag_wall = now
+        elif self.newest_flag_ts is not None and (
+            now - self.last_flag_wall >= self.settings.idle_advance_s
+        ):
+            lateness = self.settings.detection.incident_lateness_ms
+            tracker.advance_watermark(idle_advance_target(self.newest_flag_ts, now, lateness))
+        outputs = tracker.drain()
+        self._route(outputs)
+        return [o for o in outputs if isinstance(o, Incident)]
 
     def _count_duplicates(self) -> None:
         duplicates = self.engine.stats.duplicates

@@ -37,6 +37,7 @@ from tests.integration.worker_fixture import (
 pytestmark = pytest.mark.kafka
 
 FlagKey = tuple[str, int, str, str]
+LOGIN_OUTAGE = "failed_logins:service_unavailable"
 
 
 def clock_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,3 +229,68 @@ def test_worker_serves_faust_and_frustration_metrics(kafka_runner: KafkaRunnerEn
     faust_lines = [line for line in text.splitlines() if line.startswith("faust_")]
     assert any("messages_received" in line for line in faust_lines), "faust's own monitor"
     assert "u34-" not in text, "no user id in metrics"
+
+
+def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_topic(
+    kafka_runner: KafkaRunnerEnv, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """The incident stage runs in the queue sink, over every worker's flags: 40 clients locked
+    out by a failing login service, spread over 4 partitions and two workers, are one incident;
+    none of them is queued one by one; a client rage-clicking at the same time is.
+
+    Live traffic (event time = now, 0.5 s lateness, 2 s login confirmation): the partitions move
+    together in event time, as in production. A bulk back-fill through several partitions can
+    group differently from replay (README, known limits)."""
+    kafka_runner.extra_env.update(
+        {
+            "FRUSTRATION_DETECTION__ALLOWED_LATENESS_MS": "500",
+            "FRUSTRATION_DETECTION__INCIDENT_LATENESS_MS": "500",
+            "FRUSTRATION_DETECTION__LOGIN_CONFIRM_MS": "2000",
+            "FRUSTRATION_IDLE_ADVANCE_S": "0.5",
+        }
+    )
+    sink = service_factory(env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "q")
+    kafka_runner.start_worker("worker-a")
+    kafka_runner.start_worker("worker-b")
+    users = [f"locked-{n:02d}" for n in range(40)]
+    t0 = int(time.time() * 1000) - 8_000
+    events = [
+        {
+            "type": "login",
+            "user_id": user,
+            "ts": t0 + k * 1_200 + n * 7,
+            "event_id": f"{user}-{k}",
+            "outcome": "failure",
+            "reason": "service_unavailable",
+            "ip": f"100.70.0.{n}",
+        }
+        for n, user in enumerate(users)
+        for k in range(5)
+    ]
+    events += [
+        {"type": "click", "user_id": "raging", "ts": t0 + 250 * i, "target": "#pay",
+         "label": "Pay now", "page": "/billing", "event_id": f"rage-{i}"}
+        for i in range(8)
+    ]  # fmt: skip
+    kafka_runner.produce([orjson.dumps(e) for e in sorted(events, key=lambda e: e["ts"])])
+
+    def settled() -> bool:
+        items = sink.get("/v1/incidents").json()["incidents"]
+        return [i["clients_grouped"] for i in items] == [40] and len(sink.flags()) == 1
+
+    sink.wait_for(settled, timeout=90, interval=0.5, what="one incident of 40 and one flag")
+    (item,) = sink.get("/v1/incidents").json()["incidents"]
+    assert item["cause"] == LOGIN_OUTAGE and item["state"] == "open"
+    assert [f["user_id"] for f in sink.flags()] == ["raging"]
+    shown = sink.get(f"/v1/incidents/{item['incident_id']}").json()
+    assert {c["user_id"] for c in shown["clients"]} == set(users)
+    published = [
+        orjson.loads(v)
+        for _, v in read_topic(kafka_runner.bootstrap, kafka_runner.topics["incidents"])
+    ]
+    assert {i["incident_id"] for i in published} == {item["incident_id"]}
+    assert published[0]["cause"] == LOGIN_OUTAGE and published[0]["status"] == "open"
+    metrics = sink.metrics()
+    assert metrics["frustration_incidents_total"] == 1
+    assert metrics["frustration_flags_total"] == 0, "the workers count flags, not the sink"
+    assert "locked-" not in sink.log()
