@@ -38,6 +38,7 @@ pytestmark = pytest.mark.kafka
 
 FlagKey = tuple[str, int, str, str]
 LOGIN_OUTAGE = "failed_logins:service_unavailable"
+ATTACKER_IP = b"198.51.100.23"  # the simulator's credential stuffer
 
 
 def clock_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,10 +148,17 @@ def test_two_workers_share_the_partitions_and_give_the_same_flags(
         assert metrics.get("frustration_events_received_total", 0) > 0, worker.name
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_worker_killed_mid_stream_loses_no_flag_and_the_queue_holds_each_once(
-    kafka_runner: KafkaRunnerEnv, service_factory: ServiceFactory, tmp_path: Path
+    kafka_runner: KafkaRunnerEnv, service_factory: ServiceFactory, tmp_path: Path, store: str
 ) -> None:
-    lines = stream_lines(300, seed=33)
+    """A restart puts the restarted partitions seconds behind the others, and this stream packs
+    40 minutes of event time into 6 s of producing: seconds of skew are minutes of event time,
+    more than the 60 s within which copies of an attacker's failed logins must reach the other
+    partitions (README, known limits). So this stream leaves the credential-stuffing attack out:
+    what is tested here is that a restart loses and duplicates nothing."""
+    kafka_runner.extra_env["FRUSTRATION_TABLE_STORE"] = store
+    lines = [line for line in stream_lines(300, seed=33) if ATTACKER_IP not in line]
     expected, _ = expected_flags(lines)
     sink = service_factory(
         env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "sink"
