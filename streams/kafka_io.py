@@ -18,6 +18,7 @@ up an input topic that appears after it started.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -311,12 +312,14 @@ def consume_topic(
     topic: str,
     from_beginning: bool = True,
     idle_exit_s: float | None = 2.0,
+    stop: Callable[[], bool] | None = None,
 ) -> Generator[Message, None, None]:
     """Messages of every partition of `topic`, in order within each partition.
 
     No consumer group: nothing is committed, and any number of readers see every message.
     Starts at the beginning of each partition (or at its end when `from_beginning` is False);
-    stops once `idle_exit_s` seconds pass without a message, or never when it is None.
+    stops once `idle_exit_s` seconds pass without a message, or never when it is None, and
+    between polls once `stop()` is true.
     Partitions added after the start are not read. Raises `ConfigurationError` when the topic
     does not exist (it is never auto-created from here).
     """
@@ -342,6 +345,8 @@ def consume_topic(
             consumer.seek_to_end(*assigned)
         last = time.monotonic()
         while idle_exit_s is None or time.monotonic() - last < idle_exit_s:
+            if stop is not None and stop():
+                break
             batches: dict[Any, list[Any]] = consumer.poll(timeout_ms=200)
             for records in batches.values():
                 for record in records:
@@ -362,6 +367,13 @@ def print_flags(
     would, so `flags --follow` can be started before the workers.
     """
     out = sys.stdout.buffer
+    # Ctrl-C (or SIGTERM) sets a flag the read loop checks between polls: a KeyboardInterrupt
+    # raised inside kafka-python's I/O could leave its client unable to close (seen: a hang).
+    stopping: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         ensure_topics(settings)
         messages = consume_topic(
@@ -369,12 +381,14 @@ def print_flags(
             settings.flags_topic,
             from_beginning=from_beginning,
             idle_exit_s=None if follow else idle_exit_s,
+            stop=lambda: bool(stopping),
         )
         for message in messages:
             if message.value is None:  # a tombstone carries no flag
                 continue
             out.write(message.value.rstrip(b"\r\n") + b"\n")
             out.flush()  # one line at a time, so `| jq` or `| head` sees flags as they come
-    except KeyboardInterrupt:
-        pass  # the way to end --follow; the generator has closed its consumer on the way out
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
