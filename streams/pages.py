@@ -228,7 +228,14 @@ def ops_page(runner: EmbeddedRunner) -> str:
         or "<tr><td colspan=7 class=muted>no open incident</td></tr>"
     )
     body = (
-        f"<div class=cards>{cards_html}</div>"
+        (
+            ""
+            if runner.counts_flags
+            else "<p class=muted>Kafka runner: this is the queue sink. Events, signals, tracked "
+            "users, late and duplicate counts are the workers' (their /metrics and the Grafana "
+            "dashboard); the queue, incidents and alerts below are complete.</p>"
+        )
+        + f"<div class=cards>{cards_html}</div>"
         "<h2>Open incidents (many clients, one cause)</h2><table><tr><th>kind</th><th>cause</th>"
         "<th>opened</th><th>last flag</th><th>clients</th><th>peak clients / min</th>"
         f"<th>usual clients / min</th></tr>{incident_rows}</table>"

@@ -302,3 +302,6 @@ def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_top
     assert metrics["frustration_incidents_total"] == 1
     assert metrics["frustration_flags_total"] == 0, "the workers count flags, not the sink"
     assert "locked-" not in sink.log()
+    ops = sink.get("/ops").text
+    assert "this is the queue sink" in ops and LOGIN_OUTAGE in ops, "the same /ops page"
+    assert "data-incident-id" in sink.get("/queue").text, "the same /queue page"
