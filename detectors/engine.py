@@ -27,7 +27,6 @@ else, so every engine judges an IP exactly as one engine seeing everything would
 from __future__ import annotations
 
 import heapq
-import pickle
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from detectors.credential_stuffing import CredentialStuffingDetector, SourceStat
 from detectors.failed_login import FailedLoginDetector, FailedLoginState, SourceVerdict
 from detectors.rage_click import RageClickDetector, RageClickState
 from detectors.scoring import FlagScorer, ScoreState
-from signals.exceptions import ConfigurationError
+from detectors.state import dump_state, load_state
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
@@ -200,12 +199,16 @@ class DetectionEngine:
         if watermark is not None and self._seen_order:
             self._forget_event_ids(watermark - self.config.dedup_window_ms)
 
-    def _process(self, event: AnyEvent) -> None:
-        ts = event.ts
+    def _reach(self, ts: int) -> None:
+        """Event time reaches `ts`: timers due before it fire, and the sweep runs when due."""
         if self._timers and self._timers[0][0] < ts:
             self._fire_timers(ts)
         if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
             self._sweep(ts)
+
+    def _process(self, event: AnyEvent) -> None:
+        ts = event.ts
+        self._reach(ts)
         user_id = event.user_id
         state = self.users.get(user_id)
         if state is None:
@@ -231,28 +234,31 @@ class DetectionEngine:
 
     def _observe_source(self, event: AnyEvent) -> None:
         """A source-only copy: timers and the sweep see its time, the per-IP state its failure."""
-        ts = event.ts
-        if self._timers and self._timers[0][0] < ts:
-            self._fire_timers(ts)
-        if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
-            self._sweep(ts)
+        self._reach(event.ts)
         self.stats.source_copies += 1
         self._raise(self._learn_source(event))
 
-    def _learn_source(self, event: AnyEvent) -> SecurityAlert | None:
+    def _source(self, event: AnyEvent) -> SourceState | None:
+        """The per-IP state a failed login with an IP counts in (None for any other event)."""
         if event.type != "login" or event.outcome != "failure" or event.ip is None:
             return None
         source = self.sources.get(event.ip)
         if source is None:
             source = self.sources[event.ip] = SourceState()
+        return source
+
+    def _learn_source(self, event: AnyEvent) -> SecurityAlert | None:
+        source = self._source(event)
+        if source is None:
+            return None
+        assert event.type == "login"
         return self.stuffing.learn_one(source, event)
 
     def _learn_source_late(self, event: AnyEvent) -> None:
-        if event.type != "login" or event.outcome != "failure" or event.ip is None:
-            return
-        source = self.sources.get(event.ip)
+        source = self._source(event)
         if source is None:
-            source = self.sources[event.ip] = SourceState()
+            return
+        assert event.type == "login"
         self._raise(self.stuffing.learn_late(source, event))
 
     def _raise(self, alert: SecurityAlert | None) -> None:
@@ -329,8 +335,7 @@ class DetectionEngine:
     # -- checkpoints ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """All state (users, IPs, buffered events, timers, remembered event ids) as bytes."""
-        data = (
-            STATE_VERSION,
+        parts = (
             self.users,
             self.sources,
             self._buffer,
@@ -340,18 +345,11 @@ class DetectionEngine:
             self._max_ts,
             self._last_sweep,
         )
-        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        return dump_state(STATE_VERSION, parts)
 
     def restore(self, blob: bytes) -> None:
         """Load a `snapshot` taken by the same STATE_VERSION (refuses any other)."""
-        data = pickle.loads(blob)
-        if not isinstance(data, tuple) or data[0] != STATE_VERSION:
-            version = data[0] if isinstance(data, tuple) else "?"
-            raise ConfigurationError(
-                f"checkpoint has state version {version}, this build reads {STATE_VERSION}"
-            )
         (
-            _,
             self.users,
             self.sources,
             self._buffer,
@@ -360,7 +358,7 @@ class DetectionEngine:
             self._seen_order,
             self._max_ts,
             self._last_sweep,
-        ) = data
+        ) = load_state(blob, STATE_VERSION, "engine state")
         self._seen = {event_id for _, event_id in self._seen_order}
 
     def drain(self) -> list[Output]:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
-import pickle
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from detectors.config import DetectionConfig
 from detectors.engine import DetectionEngine
-from signals.exceptions import ConfigurationError
+from detectors.state import dump_state, load_state
 from signals.flags import (
     SEVERITIES,
     AbruptChatEvidence,
@@ -613,8 +612,7 @@ class IncidentTracker:
     # -- checkpoints ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """All state (causes, open incidents, attachments, buffered flags) as bytes."""
-        data = (
-            STATE_VERSION,
+        parts = (
             self.causes,
             self.open,
             self.attached,
@@ -627,18 +625,11 @@ class IncidentTracker:
             self._recent_order,
             self._last_sweep,
         )
-        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        return dump_state(STATE_VERSION, parts)
 
     def restore(self, blob: bytes) -> None:
         """Load a `snapshot` taken by the same STATE_VERSION (refuses any other)."""
-        data = pickle.loads(blob)
-        if not isinstance(data, tuple) or data[0] != STATE_VERSION:
-            version = data[0] if isinstance(data, tuple) else "?"
-            raise ConfigurationError(
-                f"incident state has version {version}, this build reads {STATE_VERSION}"
-            )
         (
-            _,
             self.causes,
             self.open,
             self.attached,
@@ -650,7 +641,7 @@ class IncidentTracker:
             self._recent,
             self._recent_order,
             self._last_sweep,
-        ) = data
+        ) = load_state(blob, STATE_VERSION, "incident state")
         # One object per open incident, shared by its cause state and the open index.
         for cause, incident in self.open.items():
             self.causes[cause].incident = incident

@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from streams.demo import feed_demo_traffic
-    from streams.server import RUNNER, build_app
+    from streams.server import RUNNER, build_app, run_app
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -177,22 +177,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             task.cancel()
 
         app.cleanup_ctx.append(start_demo)
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"frustration-signals is running{' with simulated demo traffic' if args.demo else ''}:\n"
-        f"  support queue  {base}/queue\n  operations     {base}/ops\n"
-        f"  metrics        {base}/metrics\n  ingest         POST {base}/v1/events\n"
-        f'  collector      <script src="{base}/collector.js" data-user-id="..."></script>',
-        flush=True,
-    )
-    # No access log: request lines carry query strings (tokens, keys), and the queue's paths.
-    web.run_app(
+    run_app(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-        access_log=None,
+        settings,
+        f"frustration-signals is running{' with simulated demo traffic' if args.demo else ''}",
+        "\n  ingest         POST {base}/v1/events\n"
+        '  collector      <script src="{base}/collector.js" data-user-id="..."></script>',
     )
     return 0
 

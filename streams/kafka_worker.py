@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import pickle
 import time
 import weakref
 from collections.abc import Iterable
@@ -42,7 +41,8 @@ from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry
 
 from detectors.engine import DetectionEngine, LateEvent, Output
-from signals.exceptions import ConfigurationError, InvalidEvent
+from detectors.state import dump_state, load_state
+from signals.exceptions import InvalidEvent
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
 from streams.event_time import idle_advance_target
@@ -114,6 +114,8 @@ class KafkaRunner:
         self.registry = CollectorRegistry()
         self.metrics = FrustrationMetrics(self.registry, runner="kafka")
         self.parts: dict[int, PartitionState] = {}
+        # Newest offset routed, per partition of the events topic this worker reads.
+        self.routed_offsets: dict[int, int] = {}
         self.app = self._build_app(worker_name)
 
     # -- wiring -----------------------------------------------------------------------------------
@@ -174,9 +176,13 @@ class KafkaRunner:
     # -- stage 1: validate and re-key by user ------------------------------------------------------
     async def _route_agent(self, stream: faust.StreamT[bytes]) -> None:
         s = self.settings
-        async for batch in stream.take(s.worker_batch_size, within=0.01):
+        batches = cast(faust.Stream[bytes], stream).take_events(s.worker_batch_size, within=0.01)
+        async for batch in batches:
             started = time.perf_counter()
-            for raw in batch:
+            for message_event in batch:
+                message = message_event.message
+                self.routed_offsets[message.partition] = message.offset
+                raw = message_event.value
                 try:
                     event = parse_event(raw, s.max_event_bytes)
                 except InvalidEvent as exc:
@@ -237,12 +243,9 @@ class KafkaRunner:
         part = PartitionState(engine)
         text = self.state_table.get(str(partition))
         if text:
-            version, offset, snapshot = pickle.loads(base64.b64decode(text))
-            if version != CHECKPOINT_FORMAT:
-                raise ConfigurationError(
-                    f"detector-state table has format {version}, this build reads "
-                    f"{CHECKPOINT_FORMAT}"
-                )
+            offset, snapshot = load_state(
+                base64.b64decode(text), CHECKPOINT_FORMAT, "the detector-state table"
+            )
             engine.restore(snapshot)
             part.done_offset = part.written_offset = offset
             watermark = engine.watermark_ms
@@ -263,10 +266,7 @@ class KafkaRunner:
         if event is None:
             return
         if part.dirty:
-            blob = pickle.dumps(
-                (CHECKPOINT_FORMAT, part.done_offset, part.engine.snapshot()),
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+            blob = dump_state(CHECKPOINT_FORMAT, (part.done_offset, part.engine.snapshot()))
             # Table writes go to the changelog partition of the "current event"; from the timer
             # there is none, so make it the partition's own newest event.
             token = _current_event.set(weakref.ref(event))
@@ -323,9 +323,26 @@ class KafkaRunner:
         now = time.time()
         s = self.settings
         lateness = s.detection.allowed_lateness_ms
+        consumer = self.app.consumer
+        # Quiet means nothing left to read, not just nothing read lately: a worker behind live
+        # traffic must not move event time to the wall clock and make its own backlog late.
+        routing_behind = False
+        for tp in consumer.assignment():
+            if tp.topic != s.events_topic:
+                continue
+            routed = self.routed_offsets.get(tp.partition)
+            # Nothing routed since this worker got the partition: it starts where the last
+            # owner committed, so compare with where it reads from.
+            next_offset = routed + 1 if routed is not None else await consumer.position(tp)
+            if (consumer.highwater(tp) or 0) > (next_offset or 0):
+                routing_behind = True
         lag = 0
         for partition, part in list(self.parts.items()):
-            if part.newest_event_ts is not None and now - part.last_event_wall >= s.idle_advance_s:
+            highwater = consumer.highwater(TP(self.by_user_topic_name, partition))
+            behind = max(0, (highwater or 0) - part.done_offset - 1)
+            lag += behind
+            quiet = now - part.last_event_wall >= s.idle_advance_s
+            if part.newest_event_ts is not None and quiet and not behind and not routing_behind:
                 target = idle_advance_target(part.newest_event_ts, now, lateness)
                 watermark = part.engine.watermark_ms
                 if watermark is None or target - lateness > watermark:
@@ -336,9 +353,6 @@ class KafkaRunner:
                 s.worker_checkpoint_interval_s
             ):
                 self._write_state(partition, part)
-            highwater = self.app.consumer.highwater(TP(self.by_user_topic_name, partition))
-            if highwater is not None:
-                lag += max(0, highwater - part.done_offset - 1)
         self.metrics.consumer_lag_messages.set(lag)
         self.metrics.tracked_users.set(sum(len(p.engine.users) for p in self.parts.values()))
 
@@ -348,6 +362,8 @@ class KafkaRunner:
         for tp in revoked:
             if tp.topic == self.by_user_topic_name:
                 self.parts.pop(tp.partition, None)
+            elif tp.topic == self.settings.events_topic:
+                self.routed_offsets.pop(tp.partition, None)
 
 
 def run_worker(settings: Settings, worker_name: str | None = None) -> int:

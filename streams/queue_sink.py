@@ -29,7 +29,7 @@ from signals.incidents import Incident
 from streams.embedded import EmbeddedRunner
 from streams.kafka_io import bootstrap_servers, ensure_topics
 from streams.metrics import FrustrationMetrics
-from streams.server import RUNNER, build_app
+from streams.server import RUNNER, build_app, run_app
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,19 +139,9 @@ def run_queue_sink(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ensure_topics(settings)
     app = build_sink_app(settings)
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"frustration queue sink is running ({settings.flags_topic} -> {settings.db_path}):\n"
-        f"  support queue  {base}/queue\n  operations     {base}/ops\n"
-        f"  metrics        {base}/metrics",
-        flush=True,
-    )
-    web.run_app(
+    run_app(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-        access_log=None,
+        settings,
+        f"frustration queue sink is running ({settings.flags_topic} -> {settings.db_path})",
     )
     return 0

@@ -383,3 +383,22 @@ def build_app(
     app.router.add_get("/collector.js", collector_js)
     app.router.add_get("/", index)
     return app
+
+
+def run_app(app: web.Application, settings: Settings, title: str, extra: str = "") -> None:
+    """Print where the pages are, then serve until SIGINT/SIGTERM (`serve` and `queue-sink`)."""
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"{title}:\n  support queue  {base}/queue\n  operations     {base}/ops\n"
+        f"  metrics        {base}/metrics{extra.format(base=base)}",
+        flush=True,
+    )
+    # No access log: request lines carry query strings (tokens, keys), and the queue's paths.
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10,
+        access_log=None,
+    )

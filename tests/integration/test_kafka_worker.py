@@ -26,6 +26,7 @@ from streams.kafka_io import partition_for
 from streams.replay import replay_lines
 from streams.simulator import Simulator
 from tests.integration.service_fixture import ServiceFactory
+from tests.integration.test_incidents_service import outage_failures
 from tests.integration.worker_fixture import (
     PARTITIONS,
     KafkaRunnerEnv,
@@ -262,19 +263,7 @@ def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_top
     kafka_runner.start_worker("worker-b")
     users = [f"locked-{n:02d}" for n in range(40)]
     t0 = int(time.time() * 1000) - 8_000
-    events = [
-        {
-            "type": "login",
-            "user_id": user,
-            "ts": t0 + k * 1_200 + n * 7,
-            "event_id": f"{user}-{k}",
-            "outcome": "failure",
-            "reason": "service_unavailable",
-            "ip": f"100.70.0.{n}",
-        }
-        for n, user in enumerate(users)
-        for k in range(5)
-    ]
+    events = outage_failures(users, t0)
     events += [
         {"type": "click", "user_id": "raging", "ts": t0 + 250 * i, "target": "#pay",
          "label": "Pay now", "page": "/billing", "event_id": f"rage-{i}"}
