@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install system-deps lint typecheck unit bench clean
+.PHONY: run test install system-deps lint typecheck unit bench bench-kafka clean
 
 $(BIN)/frustration: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ unit: install
 
 bench: install
 	$(BIN)/python benchmarks/replay_throughput.py
+
+## Kafka runner throughput and produce-to-flag latency (starts its own broker; ~5 minutes).
+bench-kafka: install system-deps
+	$(BIN)/python benchmarks/kafka_throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
