@@ -190,7 +190,9 @@ class KafkaRunner:
                     await self._dead_letter(dead_letter_record(raw, exc, source="kafka"))
                     continue
                 for partition, source_only in destinations(event, self.partitions, self._owner):
-                    await self.by_user_topic.send(
+                    # Buffered, not awaited one by one: faust flushes the producer before it
+                    # commits this batch's offsets, so a crash re-routes, never loses.
+                    self.by_user_topic.send_soon(
                         key=event.user_id.encode(),
                         value=raw,
                         partition=partition,
