@@ -470,39 +470,16 @@ class QueueStore:
         return result
 
     def claim(self, flag_id: str, agent: str) -> dict[str, Any]:
-        agent = agent.strip()[:64]
-        if not agent:
-            raise QueueError("claim needs the agent's name")
+        agent = _agent(agent)
         with self._tx() as db:
-            row = db.execute("SELECT status FROM flags WHERE flag_id = ?", (flag_id,)).fetchone()
-            if row is None:
-                raise QueueError(f"no flag {flag_id}")
-            if row["status"] != "open":
-                raise QueueError(f"flag {flag_id} is {row['status']}, not open")
-            db.execute(
-                "UPDATE flags SET status = 'claimed', claimed_by = ?, claimed_at = ? "
-                "WHERE flag_id = ?",
-                (agent, time.time(), flag_id),
-            )
+            _claim_item(db, "flag", flag_id, agent)
             self._history(flag_id, "claimed", None, agent)
         return self.get_flag(flag_id)
 
     def resolve(self, flag_id: str, outcome: str, note: str = "") -> dict[str, Any]:
-        if outcome not in OUTCOMES:
-            raise QueueError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
-        if len(note) > MAX_NOTE_CHARS:
-            raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        _check_resolution(outcome, note)
         with self._tx() as db:
-            row = db.execute("SELECT status FROM flags WHERE flag_id = ?", (flag_id,)).fetchone()
-            if row is None:
-                raise QueueError(f"no flag {flag_id}")
-            if row["status"] == "resolved":
-                raise QueueError(f"flag {flag_id} is already resolved")
-            db.execute(
-                "UPDATE flags SET status = 'resolved', resolved_at = ?, outcome = ?, note = ? "
-                "WHERE flag_id = ?",
-                (time.time(), outcome, note, flag_id),
-            )
+            _resolve_item(db, "flag", flag_id, outcome, note, time.time())
             self._history(flag_id, "resolved", None, outcome)
         return self.get_flag(flag_id)
 
@@ -564,46 +541,19 @@ class QueueStore:
         return result
 
     def claim_incident(self, incident_id: str, agent: str) -> dict[str, Any]:
-        agent = agent.strip()[:64]
-        if not agent:
-            raise QueueError("claim needs the agent's name")
+        agent = _agent(agent)
         with self._tx() as db:
-            row = db.execute(
-                "SELECT status FROM incidents WHERE incident_id = ?", (incident_id,)
-            ).fetchone()
-            if row is None:
-                raise QueueError(f"no incident {incident_id}")
-            if row["status"] != "open":
-                raise QueueError(f"incident {incident_id} is {row['status']}, not open")
-            db.execute(
-                "UPDATE incidents SET status = 'claimed', claimed_by = ?, claimed_at = ? "
-                "WHERE incident_id = ?",
-                (agent, time.time(), incident_id),
-            )
+            _claim_item(db, "incident", incident_id, agent)
             self._incident_history(incident_id, "claimed", agent)
         return self.get_incident(incident_id)
 
     def resolve_incident(self, incident_id: str, outcome: str, note: str = "") -> dict[str, Any]:
         """Resolve the incident item and, with the same outcome, its grouped flags still open
         (flags an agent claimed stay with that agent)."""
-        if outcome not in OUTCOMES:
-            raise QueueError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
-        if len(note) > MAX_NOTE_CHARS:
-            raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        _check_resolution(outcome, note)
         now = time.time()
         with self._tx() as db:
-            row = db.execute(
-                "SELECT status FROM incidents WHERE incident_id = ?", (incident_id,)
-            ).fetchone()
-            if row is None:
-                raise QueueError(f"no incident {incident_id}")
-            if row["status"] == "resolved":
-                raise QueueError(f"incident {incident_id} is already resolved")
-            db.execute(
-                "UPDATE incidents SET status = 'resolved', resolved_at = ?, outcome = ?, "
-                "note = ? WHERE incident_id = ?",
-                (now, outcome, note, incident_id),
-            )
+            _resolve_item(db, "incident", incident_id, outcome, note, now)
             flag_ids = [
                 r["flag_id"]
                 for r in db.execute(
@@ -613,10 +563,8 @@ class QueueStore:
                 )
             ]
             for flag_id in flag_ids:
-                db.execute(
-                    "UPDATE flags SET status = 'resolved', resolved_at = ?, outcome = ?, "
-                    "note = ? WHERE flag_id = ?",
-                    (now, outcome, f"resolved with incident {incident_id}", flag_id),
+                _resolve_item(
+                    db, "flag", flag_id, outcome, f"resolved with incident {incident_id}", now
                 )
                 self._history(flag_id, "resolved", None, f"{outcome} (incident {incident_id})")
             self._incident_history(incident_id, "resolved", f"{outcome}; {len(flag_ids)} flags")
@@ -695,3 +643,57 @@ def _flag_row(row: sqlite3.Row) -> dict[str, Any]:
         "outcome": row["outcome"],
         "note": row["note"],
     }
+
+
+# -- the queue item life cycle, shared by flags and incidents: open -> claimed -> resolved ---------
+#: Item kind -> (table, key column). Fixed names only, never input, go into the SQL below.
+_ITEM_TABLES = {"flag": ("flags", "flag_id"), "incident": ("incidents", "incident_id")}
+
+
+def _agent(agent: str) -> str:
+    agent = agent.strip()[:64]
+    if not agent:
+        raise QueueError("claim needs the agent's name")
+    return agent
+
+
+def _check_resolution(outcome: str, note: str) -> None:
+    if outcome not in OUTCOMES:
+        raise QueueError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+    if len(note) > MAX_NOTE_CHARS:
+        raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+
+
+def _item_status(db: sqlite3.Connection, kind: str, item_id: str) -> str:
+    table, key = _ITEM_TABLES[kind]
+    row = db.execute(f"SELECT status FROM {table} WHERE {key} = ?", (item_id,)).fetchone()
+    if row is None:
+        raise QueueError(f"no {kind} {item_id}")
+    status: str = row["status"]
+    return status
+
+
+def _claim_item(db: sqlite3.Connection, kind: str, item_id: str, agent: str) -> None:
+    """open -> claimed (a QueueError for any other status)."""
+    status = _item_status(db, kind, item_id)
+    if status != "open":
+        raise QueueError(f"{kind} {item_id} is {status}, not open")
+    table, key = _ITEM_TABLES[kind]
+    db.execute(
+        f"UPDATE {table} SET status = 'claimed', claimed_by = ?, claimed_at = ? WHERE {key} = ?",
+        (agent, time.time(), item_id),
+    )
+
+
+def _resolve_item(
+    db: sqlite3.Connection, kind: str, item_id: str, outcome: str, note: str, now: float
+) -> None:
+    """open or claimed -> resolved (a QueueError when already resolved)."""
+    if _item_status(db, kind, item_id) == "resolved":
+        raise QueueError(f"{kind} {item_id} is already resolved")
+    table, key = _ITEM_TABLES[kind]
+    db.execute(
+        f"UPDATE {table} SET status = 'resolved', resolved_at = ?, outcome = ?, note = ? "
+        f"WHERE {key} = ?",
+        (now, outcome, note, item_id),
+    )
