@@ -5,7 +5,7 @@ The data path::
     frustration.events (any key)
         │  agent `route`: parse (bad ─> frustration.dead-letter with its reason), then send to
         │  the user's partition of the by-user topic; failed logins with an IP also go to every
-        │  other partition as source-only copies (see streams.partitions)
+        │  other partition as source-only copies (see streams.kafka.partitions)
         ▼
     <app id>-events-by-user (partitioned by user_id)
         │  agent `detect`: one DetectionEngine per partition; its state is written to the
@@ -46,15 +46,15 @@ from signals.exceptions import InvalidEvent
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
 from streams.event_time import idle_advance_target
-from streams.kafka_io import bootstrap_servers, ensure_topics, partition_for
+from streams.kafka.io import bootstrap_servers, ensure_topics, partition_for
 from streams.metrics import FrustrationMetrics
-from streams.partitions import destinations
+from streams.kafka.partitions import destinations
 from streams.replay import late_record
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Header on a source-only copy of a failed login (see streams.partitions).
+#: Header on a source-only copy of a failed login (see streams.kafka.partitions).
 COPY_HEADER = "frustration-copy"
 #: Bump with DetectionEngine.STATE_VERSION changes of the wrapper below.
 CHECKPOINT_FORMAT = 1

@@ -2,7 +2,7 @@
 
 Consumes the flags and alerts topics (kafka-python, consumer group `<app id>-queue-sink`) into the
 same SQLite support-queue store the embedded service uses, and serves the same queue API, `/queue`
-and `/ops` pages and `/metrics` (`streams.server.build_app` without ingest).
+and `/ops` pages and `/metrics` (`streams.embedded.server.build_app` without ingest).
 
 Flags pass through the same `IncidentTracker` as in replay and the embedded service (one tracker
 sees every flag, so one outage is one incident whatever partition its clients are on); incident
@@ -26,10 +26,10 @@ from pydantic import ValidationError
 
 from signals.flags import Flag, SecurityAlert
 from signals.incidents import Incident
-from streams.embedded import EmbeddedRunner
-from streams.kafka_io import bootstrap_servers, ensure_topics
+from streams.embedded.runner import EmbeddedRunner
+from streams.kafka.io import bootstrap_servers, ensure_topics
 from streams.metrics import FrustrationMetrics
-from streams.server import RUNNER, build_app, run_app
+from streams.embedded.server import RUNNER, build_app, run_app
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

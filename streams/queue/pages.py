@@ -12,10 +12,10 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from signals.flags import SEVERITIES, SIGNAL_KINDS
-from streams.queue_store import OUTCOMES, QueueStore
+from streams.queue.store import OUTCOMES, QueueStore
 
 if TYPE_CHECKING:
-    from streams.embedded import EmbeddedRunner
+    from streams.embedded.runner import EmbeddedRunner
 
 _STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}

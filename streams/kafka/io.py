@@ -1,7 +1,7 @@
 """Plain Kafka plumbing (kafka-python): the broker URL, topic creation, `frustration produce` and
 `frustration flags`.
 
-Nothing here runs the detectors; the faust workers do (`streams.kafka_worker`). These helpers are
+Nothing here runs the detectors; the faust workers do (`streams.kafka.worker`). These helpers are
 what an operator or a test needs around them:
 
 - `bootstrap_servers` turns the `broker` setting (`kafka://HOST:PORT[,HOST:PORT...]`) into the

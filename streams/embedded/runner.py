@@ -29,7 +29,7 @@ from signals.incidents import Incident
 from signals.wire import AnyEvent
 from streams.event_time import idle_advance_target
 from streams.metrics import FrustrationMetrics
-from streams.queue_store import QueueStore
+from streams.queue.store import QueueStore
 from streams.replay import late_record
 from streams.settings import Settings
 

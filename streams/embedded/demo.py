@@ -8,8 +8,8 @@ import logging
 import time
 
 from signals.wire import AnyEvent, parse_event_object
-from streams.embedded import EmbeddedRunner
-from streams.simulator import Simulator
+from streams.embedded.runner import EmbeddedRunner
+from streams.lab.simulator import Simulator
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signals.exceptions import ConfigurationError
-from streams import pages
-from streams.embedded import EmbeddedRunner
-from streams.ingest import decode_body
+from streams.queue import pages
+from streams.embedded.runner import EmbeddedRunner
+from streams.embedded.ingest import decode_body
 from streams.metrics import FrustrationMetrics
-from streams.queue_store import QueueError, QueueStore
+from streams.queue.store import QueueError, QueueStore
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
