@@ -78,8 +78,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from signals.exceptions import InvalidEvent
 from signals.wire import parse_event
+from streams.lab.simulator import Simulator
 from streams.settings import Settings
-from streams.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 FRUSTRATION = Path(sys.executable).parent / "frustration"

@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streams.lab.simulator import Simulator
 from streams.replay import Replay
-from streams.simulator import Simulator
 
 EVENTS_PER_USER = 37.5  # what the simulator produces on average
 

@@ -35,7 +35,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors.scoring import _flag_id
-from streams.simulator import Simulator
+from streams.lab.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "frustration"

@@ -15,7 +15,7 @@ The data path, for one event::
         ▼
     Signal ─> FlagScorer ─> Flag
 
-Runners (`streams.embedded`, `streams.kafka_worker`) call `push` for each event and drain
+Runners (`streams.embedded.runner`, `streams.kafka.worker`) call `push` for each event and drain
 `outbox`; `flush` at the end of a finite input releases everything and fires every timer.
 
 The Kafka runner runs one engine per partition of users. Credential stuffing is judged per IP,

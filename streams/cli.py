@@ -82,7 +82,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # -- simulate -------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulator import Outage, Simulator
+    from streams.lab.simulator import Outage, Simulator
 
     try:
         outages = [Outage.parse(spec, args.outage_users) for spec in args.outage or []]
@@ -114,7 +114,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # -- evaluate -------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from streams.evaluation import (
+    from streams.lab.evaluation import (
         HEADER,
         evaluate,
         evaluate_baseline,
@@ -154,8 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from streams.demo import feed_demo_traffic
-    from streams.server import RUNNER, build_app, run_app
+    from streams.embedded.demo import feed_demo_traffic
+    from streams.embedded.server import RUNNER, build_app
+    from streams.queue.api import run_app
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -206,7 +207,7 @@ def _kafka_settings(args: argparse.Namespace, **more: Any) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.kafka_worker import run_worker
+    from streams.kafka.worker import run_worker
 
     settings = _kafka_settings(
         args,
@@ -219,14 +220,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_sink(args: argparse.Namespace) -> int:
-    from streams.queue_sink import run_queue_sink
+    from streams.kafka.sink import run_queue_sink
 
     settings = _kafka_settings(args, host=args.host, port=args.port, db_path=args.db)
     return run_queue_sink(settings)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.kafka_io import produce_events
+    from streams.kafka.io import produce_events
 
     settings = _kafka_settings(args)
     summary = produce_events(settings, _lines(args.events), rate=args.rate)
@@ -235,7 +236,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_flags(args: argparse.Namespace) -> int:
-    from streams.kafka_io import print_flags
+    from streams.kafka.io import print_flags
 
     settings = _kafka_settings(args)
     return print_flags(

@@ -53,7 +53,7 @@ from signals.events import EVENT_TYPES as _EVENT_TYPES
 from signals.exceptions import INVALID_REASONS as _INVALID_REASONS
 from signals.flags import SEVERITIES as _SEVERITIES
 from signals.flags import SIGNAL_KINDS as _SIGNAL_KINDS
-from streams.queue_store import STATUSES as _QUEUE_STATUSES
+from streams.queue.store import STATUSES as _QUEUE_STATUSES
 
 __all__ = [
     "EVENT_LAG_BUCKETS",

@@ -10,7 +10,8 @@ records go to the queue and are published on the incidents topic, keyed by incid
 
 The store is idempotent by flag_id and update, so a flag the workers emit twice (at least once)
 is queued once. Offsets are committed after the messages are stored: a crashed sink re-reads,
-never skips; the tracker's state is in the sink's checkpoint file like the embedded service's.
+never skips; the tracker's state is in the sink's checkpoint file (`checkpoint_path`), written
+every `checkpoint_interval_s` and on shutdown.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from signals.exceptions import ConfigurationError
 from signals.flags import Flag, SecurityAlert
 from signals.incidents import Incident
-from streams.embedded.runner import EmbeddedRunner
+from streams.checkpoint import write_atomically
 from streams.kafka.io import bootstrap_servers, ensure_topics
 from streams.metrics import FrustrationMetrics
-from streams.embedded.server import RUNNER, build_app, run_app
+from streams.queue.api import FEED, build_queue_app, check_bind, run_app
+from streams.queue.feed import QueueFeed
+from streams.queue.store import QueueStore
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,9 +44,12 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 
 
-def store_messages(
-    runner: EmbeddedRunner, topic_of: dict[str, str], records: list[Any]
-) -> list[Incident]:
+#: The sink's checkpoint file: (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, incident tracker state).
+CHECKPOINT_FORMAT = "frustration-queue-sink"
+CHECKPOINT_VERSION = 1
+
+
+def store_messages(feed: QueueFeed, topic_of: dict[str, str], records: list[Any]) -> list[Incident]:
     """Put consumed flag and alert messages into the queue (flags through the incident tracker);
     returns the incident records to publish.
 
@@ -64,17 +74,17 @@ def store_messages(
                     "size": len(record.value or b""),
                 }
             )
-    runner.route_outputs(alerts)
+    feed.route_outputs(alerts)
     if bad:
-        runner.store.add_dead_letters(bad)
-    return runner.track_incidents(flags)
+        feed.store.add_dead_letters(bad)
+    return feed.track_incidents(flags)
 
 
 async def _consume(app: web.Application) -> AsyncIterator[None]:
     from kafka import KafkaConsumer, KafkaProducer
 
     settings: Settings = app[SINK_SETTINGS]
-    runner = app[RUNNER]
+    feed = app[FEED]
     topic_of = {settings.flags_topic: "flag", settings.alerts_topic: "alert"}
     loop = asyncio.get_running_loop()
     consumer = await loop.run_in_executor(
@@ -98,7 +108,7 @@ async def _consume(app: web.Application) -> AsyncIterator[None]:
             batches = await loop.run_in_executor(None, lambda: consumer.poll(POLL_TIMEOUT_MS))
             records = [r for batch in batches.values() for r in batch]
             try:
-                incidents = store_messages(runner, topic_of, records)
+                incidents = store_messages(feed, topic_of, records)
             except Exception:
                 # Not committed, so read again after a restart; the sink stays up for the queue.
                 log.exception("could not store %d messages; they will be read again", len(records))
@@ -127,10 +137,67 @@ async def _consume(app: web.Application) -> AsyncIterator[None]:
 SINK_SETTINGS: web.AppKey[Settings] = web.AppKey("sink_settings", Settings)
 
 
+def checkpoint(feed: QueueFeed) -> None:
+    blob = pickle.dumps((CHECKPOINT_FORMAT, CHECKPOINT_VERSION, feed.tracker.snapshot()))
+    write_atomically(Path(feed.settings.checkpoint_path), blob)
+
+
+def restore(feed: QueueFeed) -> None:
+    path = Path(feed.settings.checkpoint_path)
+    if not path.exists():
+        return
+    try:
+        data = pickle.loads(path.read_bytes())
+    except Exception as exc:  # a torn or foreign file: say so, never guess
+        raise ConfigurationError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not (isinstance(data, tuple) and len(data) == 3 and data[0] == CHECKPOINT_FORMAT):
+        raise ConfigurationError(f"{path} is not a queue sink checkpoint")
+    if data[1] != CHECKPOINT_VERSION:
+        raise ConfigurationError(
+            f"checkpoint has version {data[1]}, this build reads {CHECKPOINT_VERSION}"
+        )
+    feed.tracker.restore(data[2])
+    log.info("resumed the incident tracker from %s", path)
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Once a second: refresh the queue gauges; checkpoint the tracker when due and at the end."""
+    feed = app[FEED]
+    interval = feed.settings.checkpoint_interval_s
+
+    async def loop() -> None:
+        last = time.time()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                feed.refresh_gauges()
+                if time.time() - last >= interval:
+                    checkpoint(feed)
+                    last = time.time()
+            except Exception:  # keep the sink up for the queue
+                log.exception("housekeeping failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    checkpoint(feed)
+    feed.store.close()
+
+
 def build_sink_app(settings: Settings) -> web.Application:
-    app = build_app(settings, FrustrationMetrics(runner="kafka"), ingest=False)
-    app[RUNNER].counts_flags = False
+    check_bind(settings)  # before anything is created on disk
+    feed = QueueFeed(
+        settings,
+        QueueStore(settings.db_path),
+        FrustrationMetrics(runner="kafka"),
+        counts_flags=False,
+    )
+    restore(feed)
+    app = build_queue_app(settings, feed)
     app[SINK_SETTINGS] = settings
+    app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_consume)
     return app
 

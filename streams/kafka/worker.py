@@ -47,8 +47,8 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
 from streams.event_time import idle_advance_target
 from streams.kafka.io import bootstrap_servers, ensure_topics, partition_for
-from streams.metrics import FrustrationMetrics
 from streams.kafka.partitions import destinations
+from streams.metrics import FrustrationMetrics
 from streams.replay import late_record
 from streams.settings import Settings
 

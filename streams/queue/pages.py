@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from detectors.engine import EngineStats
 from signals.flags import SEVERITIES, SIGNAL_KINDS
+from streams.queue.feed import QueueFeed
 from streams.queue.store import OUTCOMES, QueueStore
-
-if TYPE_CHECKING:
-    from streams.embedded.runner import EmbeddedRunner
 
 _STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -180,16 +179,17 @@ def queue_page(store: QueueStore, error: str | None = None) -> str:
     return _layout("Support queue", body, refresh_s=10)
 
 
-def ops_page(runner: EmbeddedRunner) -> str:
+def ops_page(feed: QueueFeed) -> str:
     now = time.time()
-    activity = runner.activity
+    activity = feed.activity
     last_minute = sum(n for t, n in activity.events if t >= now - 60)
     signals_10m = Counter(kind for t, kind in activity.signals if t >= now - 600)
-    counts = runner.store.counts(now)
-    stats = runner.engine.stats
+    counts = feed.store.counts(now)
+    # The queue sink has no engine (the workers have theirs): its figures show as zero.
+    stats = feed.engine.stats if feed.engine is not None else EngineStats()
     cards = [
         ("events / s (last minute)", f"{last_minute / 60:.1f}"),
-        ("tracked users", f"{len(runner.engine.users)}"),
+        ("tracked users", f"{len(feed.engine.users) if feed.engine is not None else 0}"),
         ("open queue items (flags, incidents)", f"{counts.by_status['open']}"),
         ("claimed queue items", f"{counts.by_status['claimed']}"),
         ("oldest open queue item", _age(counts.oldest_open_age_s)),
@@ -223,14 +223,14 @@ def ops_page(runner: EmbeddedRunner) -> str:
             f"</code></td><td>{escape(i['opened_ts'])}</td><td>{escape(i['last_seen_ts'])}</td>"
             f"<td>{i['affected_users'] + i['individual_users']}</td><td>{i['peak_rate']:.1f}</td>"
             f"<td>{i['baseline_rate']:.2f}</td></tr>"
-            for i in runner.store.list_incidents(state="open", limit=20)
+            for i in feed.store.list_incidents(state="open", limit=20)
         )
         or "<tr><td colspan=7 class=muted>no open incident</td></tr>"
     )
     body = (
         (
             ""
-            if runner.counts_flags
+            if feed.counts_flags
             else "<p class=muted>Kafka runner: this is the queue sink. Events, signals, tracked "
             "users, late and duplicate counts are the workers' (their /metrics and the Grafana "
             "dashboard); the queue, incidents and alerts below are complete.</p>"

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``streams/static/collector.js`` in headless Chromium.
+"""End-to-end tests of ``streams/embedded/static/collector.js`` in headless Chromium.
 
 A stdlib HTTP server on 127.0.0.1 serves the collector and the test pages and records every
 POST to ``/v1/events`` (fetch batches and sendBeacon bodies alike).
@@ -27,7 +27,7 @@ from tests.e2e.browser import launch_chromium, screenshot
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-COLLECTOR = ROOT / "streams" / "static" / "collector.js"
+COLLECTOR = ROOT / "streams" / "embedded" / "static" / "collector.js"
 SCREENSHOT = ROOT / "artifacts" / "e2e" / "collector-page.png"
 API_KEY = "test-key-123"
 SECRET = "my secret text"

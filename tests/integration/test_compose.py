@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from streams.cli import build_parser
-from streams.kafka_io import bootstrap_servers
+from streams.kafka.io import bootstrap_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()

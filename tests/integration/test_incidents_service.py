@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from streams.lab.simulator import Outage
 from streams.replay import replay_all
-from streams.simulator import Outage
 from tests.integration.service_fixture import Service, ServiceFactory
 from tests.integration.test_service import (
     clock_event,

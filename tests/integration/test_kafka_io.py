@@ -16,7 +16,7 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.kafka_io import (
+from streams.kafka.io import (
     SIDE_TOPIC_PARTITIONS,
     consume_topic,
     ensure_topics,

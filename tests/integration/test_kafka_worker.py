@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.kafka_io import partition_for
+from streams.kafka.io import partition_for
+from streams.lab.simulator import Simulator
 from streams.replay import replay_lines
-from streams.simulator import Simulator
 from tests.integration.service_fixture import ServiceFactory
 from tests.integration.test_incidents_service import outage_failures
 from tests.integration.worker_fixture import (

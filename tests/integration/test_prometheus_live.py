@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.simulator import Simulator
+from streams.lab.simulator import Simulator
 from tests.integration.prometheus_fixture import (
     PrometheusServer,
     free_port,

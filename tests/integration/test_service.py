@@ -28,8 +28,8 @@ import orjson
 import pytest
 
 from detectors.config import DetectionConfig
+from streams.lab.simulator import Simulator
 from streams.replay import replay_lines
-from streams.simulator import Simulator
 from tests.integration.service_fixture import Service, ServiceFactory
 
 pytestmark = pytest.mark.service

@@ -17,8 +17,8 @@ import pytest
 
 from signals.exceptions import INVALID_REASONS
 from signals.wire import DEFAULT_MAX_EVENT_BYTES
+from streams.lab.simulator import SimulatedStream, Simulator
 from streams.replay import Replay, ReplaySummary, replay_lines
-from streams.simulator import SimulatedStream, Simulator
 from tests.unit.builders import HOUR, MINUTE, T0, line, wire
 
 ROOT = Path(__file__).resolve().parents[2]

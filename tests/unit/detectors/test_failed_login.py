@@ -104,8 +104,8 @@ def test_lockout_flag_comes_once_a_later_event_is_processed_without_flush() -> N
 
 
 def test_lockout_flag_comes_when_the_watermark_is_advanced_while_input_is_quiet() -> None:
-    # streams.embedded advances event time when input goes quiet "so buffered events and pending
-    # timers do not wait for more traffic": the confirmation timer must fire then.
+    # streams.embedded.runner advances event time when input goes quiet "so buffered events and
+    # pending timers do not wait for more traffic": the confirmation timer must fire then.
     engine = DetectionEngine()
     for event in failures(0, 5, 20 * SECOND):
         engine.push(event)

@@ -11,7 +11,7 @@ from detectors.incidents import IncidentTracker, TrackerOutput
 from signals.flags import Flag, Severity, Signal
 from signals.incidents import Incident
 from tests.unit.builders import SECOND, T0
-from tests.unit.test_incidents import chat_signal, login_signal, rage_signal
+from tests.unit.detectors.test_incidents import chat_signal, login_signal, rage_signal
 
 #: Small thresholds, so that short generated streams open, grow and close incidents.
 CONFIG = DetectionConfig(

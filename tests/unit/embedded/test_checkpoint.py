@@ -10,8 +10,8 @@ import pytest
 
 from signals.exceptions import ConfigurationError
 from signals.wire import AnyEvent
-from streams.embedded import CHECKPOINT_FORMAT, EmbeddedRunner
-from streams.queue_store import QueueStore
+from streams.embedded.runner import CHECKPOINT_FORMAT, EmbeddedRunner
+from streams.queue.store import QueueStore
 from streams.settings import Settings
 from tests.unit.builders import SECOND, failures, with_id
 

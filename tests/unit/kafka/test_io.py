@@ -6,14 +6,14 @@ import doctest
 
 import pytest
 
-import streams.kafka_io
+import streams.kafka.io
 from signals.exceptions import ConfigurationError
-from streams.kafka_io import Pacer, bootstrap_servers, event_key, partition_for
+from streams.kafka.io import Pacer, bootstrap_servers, event_key, partition_for
 
 
 def test_doctests() -> None:
     # pytest collects doctests in detectors/ and signals/ only; these run here.
-    failed, attempted = doctest.testmod(streams.kafka_io)
+    failed, attempted = doctest.testmod(streams.kafka.io)
     assert attempted >= 8 and failed == 0
 
 

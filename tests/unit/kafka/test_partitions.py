@@ -10,8 +10,8 @@ import pytest
 
 from detectors.engine import DetectionEngine, Output
 from signals.wire import AnyEvent, parse_event_object
-from streams.partitions import destinations
-from streams.simulator import Simulator
+from streams.kafka.partitions import destinations
+from streams.lab.simulator import Simulator
 from tests.unit.builders import alerts_of, flags_of, jittered, late_of, mixed_stream
 
 

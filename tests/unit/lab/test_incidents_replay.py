@@ -15,11 +15,11 @@ import pytest
 
 from detectors.incidents import flag_cause
 from signals.flags import Flag
-from streams.evaluation import evaluate, incident_report
+from streams.lab.evaluation import evaluate, incident_report
+from streams.lab.simulator import Outage, SimulatedStream, Simulator
 from streams.replay import ReplayResult, replay_all
-from streams.simulator import Outage, SimulatedStream, Simulator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOGIN_OUTAGE = "failed_logins:service_unavailable"
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from signals.flags import Flag
 from signals.incidents import Incident
-from streams.queue_store import FlagWrite, IncidentWrite, QueueError, QueueStore
+from streams.queue.store import FlagWrite, IncidentWrite, QueueError, QueueStore
 from tests.unit.builders import MINUTE, T0
-from tests.unit.test_incidents import chat_signal, flag
+from tests.unit.detectors.test_incidents import chat_signal, flag
 
 IID = "inc_test"
 

@@ -1,0 +1,203 @@
+"""What both runners hand to the support queue: the detector core's outputs into the store and the
+metrics.
+
+Flags pass through the incident tracker (one outage is one queue item, not hundreds), then go to
+the store with incidents, security alerts and late events (dead letters); signals feed the /ops
+page's recent activity. The embedded runner gives it its engine's outputs as they come; the Kafka
+queue sink gives it the flags and alerts the workers published (`track_incidents`,
+`route_outputs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.engine import DetectionEngine, LateEvent, Output
+from detectors.incidents import IncidentTracker
+from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
+from signals.incidents import Incident
+from streams.event_time import idle_advance_target
+from streams.metrics import FrustrationMetrics
+from streams.queue.store import QueueStore
+from streams.replay import late_record
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RecentActivity:
+    """What the /ops page shows: recent rates and where rage clicks happen (wall-clock based)."""
+
+    events: deque[tuple[float, int]]  # (wall time, events in batch)
+    signals: deque[tuple[float, str]]  # (wall time, kind)
+    rage_controls: Counter[tuple[str, str]]  # (page, control) of rage-click signals
+
+
+class QueueFeed:
+    """The support queue's intake, shared by the embedded runner and the Kafka queue sink."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: QueueStore,
+        metrics: FrustrationMetrics,
+        *,
+        engine: DetectionEngine | None = None,
+        counts_flags: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        # The engine whose figures /ops and /readyz show; None in the Kafka queue sink, where
+        # the engines run in the workers.
+        self.engine = engine
+        # False in the Kafka queue sink: the workers count flags and alerts (and time them) where
+        # they are made; counted again here, every rate in the alert rules would double.
+        self.counts_flags = counts_flags
+        self.tracker = IncidentTracker(settings.detection)
+        self.activity = RecentActivity(deque(), deque(), Counter())
+        # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
+        self._receipts: deque[tuple[int, float]] = deque()
+        # The queue sink's incident stage (track_incidents): newest flag time, when it came.
+        self.newest_flag_ts: int | None = None
+        self.last_flag_wall = time.time()
+
+    # -- input ------------------------------------------------------------------------------------
+    def note_batch(self, newest_ts: int, events: int, at: float) -> None:
+        """A batch of `events` reached the engine at wall time `at` (for flag latency and /ops)."""
+        self._receipts.append((newest_ts, at))
+        self.activity.events.append((at, events))
+
+    def record_invalid(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.metrics.event_invalid(record["reason"])
+        self.store.add_dead_letters(records)
+
+    def route_engine(self, outputs: Sequence[Output], flag_watermark_ms: int | None) -> None:
+        """An engine's outputs: flags through the incident tracker, the rest straight on; the
+        tracker's event time follows the engine's (`flag_watermark_ms`)."""
+        tracker = self.tracker
+        others: list[Output] = []
+        for out in outputs:
+            if isinstance(out, Flag):
+                tracker.push(out)
+            else:
+                others.append(out)
+        self.route_outputs(others)
+        if flag_watermark_ms is not None:
+            tracker.advance_watermark(flag_watermark_ms)
+        if tracker.outbox:
+            self.route_outputs(tracker.drain())
+
+    def track_incidents(self, flags: Sequence[Flag], now: float | None = None) -> list[Incident]:
+        """The Kafka queue sink's incident stage: flags from the workers through the incident
+        tracker into the queue. Returns the incident records it produced (to publish).
+
+        The workers' engines run on several partitions, so flags come in only roughly in
+        event-time order: the tracker's own reorder buffer (`incident_lateness_ms`) sorts them.
+        When no flag has come for `idle_advance_s`, its event time moves on as the engine's does
+        (`idle_advance_target`), so incidents still update and close in a quiet period."""
+        now = time.time() if now is None else now
+        tracker = self.tracker
+        for flag in flags:
+            tracker.push(flag)
+            if self.newest_flag_ts is None or flag.ts > self.newest_flag_ts:
+                self.newest_flag_ts = flag.ts
+        if flags:
+            self.last_flag_wall = now
+        elif self.newest_flag_ts is not None and (
+            now - self.last_flag_wall >= self.settings.idle_advance_s
+        ):
+            lateness = self.settings.detection.incident_lateness_ms
+            tracker.advance_watermark(idle_advance_target(self.newest_flag_ts, now, lateness))
+        outputs = tracker.drain()
+        self.route_outputs(outputs)
+        return [o for o in outputs if isinstance(o, Incident)]
+
+    # -- output -----------------------------------------------------------------------------------
+    def route_outputs(self, outputs: Sequence[Output | Incident]) -> None:
+        """Flags, alerts, incidents, signals and late events into the queue and the metrics."""
+        if not outputs:
+            return
+        now = time.time()
+        late = []
+        for out in outputs:
+            if isinstance(out, Flag):
+                change = self.store.write_flag(out)
+                if change is None:
+                    continue
+                if (change.new or change.escalated) and self.counts_flags:
+                    if out.update == 0:
+                        self.metrics.flag_opened(out.severity)
+                    else:
+                        self.metrics.flag_escalated(out.severity)
+                    self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
+                if change.grouped_into is not None:
+                    self.metrics.incident_flag_grouped(out.signals[-1].kind)
+            elif isinstance(out, Incident):
+                self._incident(out)
+            elif isinstance(out, Signal):
+                self.metrics.signal(out.kind)
+                self.activity.signals.append((now, out.kind))
+                e = out.evidence
+                if isinstance(e, RageClickEvidence):
+                    control = e.label or e.target or "?"
+                    self.activity.rage_controls[(e.page or "?", control)] += 1
+            elif isinstance(out, SecurityAlert):
+                if self.store.add_alert(out) and self.counts_flags:
+                    self.metrics.security_alert(out.kind)
+                    log.warning("credential stuffing alert %s", out.alert_id)
+            elif isinstance(out, LateEvent):
+                self.metrics.events_late.inc()
+                late.append(late_record(out))
+        if late:
+            self.store.add_dead_letters(late)
+
+    def _incident(self, incident: Incident) -> None:
+        change = self.store.write_incident(incident)
+        if change is None:
+            return
+        if change.new:
+            self.metrics.incident_opened(incident.kind)
+            log.info(
+                "incident %s opened: %s, %d clients within %d s",
+                incident.incident_id,
+                incident.kind,
+                incident.affected_users + incident.individual_users,
+                incident.window_ms // 1000,
+            )
+        if change.closed:
+            log.info(
+                "incident %s closed: %d clients grouped, %d kept for individual outreach",
+                incident.incident_id,
+                incident.affected_users,
+                incident.individual_users,
+            )
+
+    def _receipt(self, flag: Flag) -> float:
+        """Wall time the flag's triggering event arrived (the first batch reaching its time)."""
+        for newest, at in self._receipts:
+            if newest >= flag.ts:
+                return at
+        return time.time()
+
+    # -- gauges -----------------------------------------------------------------------------------
+    def refresh_gauges(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self.engine is not None:
+            self.metrics.tracked_users.set(len(self.engine.users))
+        counts = self.store.counts(now)
+        self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
+        self.metrics.set_incidents_open(counts.open_incidents)
+        horizon = now - 3600
+        for buffer in (self.activity.events, self.activity.signals):
+            while buffer and buffer[0][0] < horizon:
+                buffer.popleft()
+        while self._receipts and len(self._receipts) > 10_000:
+            self._receipts.popleft()
