@@ -35,6 +35,8 @@ frustration_queue_items                     gauge      status              queue
 frustration_queue_oldest_open_age_seconds   gauge      -                   oldest open item age
 frustration_ingest_requests_total           counter    code                HTTP ingest responses
 frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
+frustration_partition_input_lag_messages    gauge      partition           unread, per partition
+frustration_partition_stalled               gauge      partition           1: no progress, unread
 frustration_build_info                      gauge      version, runner     always 1
 ==========================================  =========  ==================  =====================
 
@@ -44,6 +46,7 @@ Histogram bucket boundaries are exposed by prometheus-client as floats (``le="2.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from importlib import metadata
 
@@ -302,6 +305,22 @@ class FrustrationMetrics:
             "Kafka runner: messages behind on the events topic (0 in the embedded runner).",
             registry=reg,
         )
+        # Kafka runner, one child per by-user partition this worker holds (bounded by the topic's
+        # partitions; removed when the partition moves away), so none before the first assignment.
+        self.partition_input_lag_messages = Gauge(
+            "frustration_partition_input_lag_messages",
+            "Kafka runner: records of a by-user partition held by this worker that its detect "
+            "stage has not taken in yet (broker end offset minus position).",
+            ["partition"],
+            registry=reg,
+        )
+        self.partition_stalled = Gauge(
+            "frustration_partition_stalled",
+            "Kafka runner: 1 while a by-user partition held by this worker has unread records "
+            "and has not moved for streams.kafka.partition_watch.STALL_AFTER_S seconds, else 0.",
+            ["partition"],
+            registry=reg,
+        )
         self.build_info = Gauge(
             "frustration_build_info",
             "Always 1; labels carry the version and the runner (embedded or kafka).",
@@ -388,6 +407,20 @@ class FrustrationMetrics:
         for status in QUEUE_STATUSES:
             self.queue_items.labels(status=status).set(counts.get(status, 0))
         self.queue_oldest_open_age_seconds.set(max(0.0, oldest_open_age_seconds))
+
+    def set_partition_input(self, partition: int, lag: int, stalled: bool) -> None:
+        """Set the per-partition input gauges of one by-user partition (a Kafka partition number,
+        never anything about a user)."""
+        if not isinstance(partition, int) or partition < 0:
+            raise ValueError(f"partition={partition!r} is not a partition number")
+        self.partition_input_lag_messages.labels(partition=str(partition)).set(lag)
+        self.partition_stalled.labels(partition=str(partition)).set(1 if stalled else 0)
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition moved to another worker: drop its series here."""
+        for gauge in (self.partition_input_lag_messages, self.partition_stalled):
+            with contextlib.suppress(KeyError):
+                gauge.remove(str(partition))
 
     def ingest_request(self, code: int | str) -> None:
         """Count one HTTP ingest response.

@@ -31,6 +31,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -47,6 +48,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
 from streams.event_time import idle_advance_target
 from streams.kafka.io import bootstrap_servers, ensure_topics, partition_for
+from streams.kafka.partition_watch import PartitionWatch
 from streams.kafka.partitions import destinations
 from streams.metrics import FrustrationMetrics
 from streams.replay import late_record
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 COPY_HEADER = "frustration-copy"
 #: Bump with DetectionEngine.STATE_VERSION changes of the wrapper below.
 CHECKPOINT_FORMAT = 1
+#: The stall check asks the broker for end offsets every WATCH_INTERVAL_S, waiting at most this.
+END_OFFSETS_TIMEOUT_S = 5.0
+WATCH_INTERVAL_S = 5.0
 
 
 # -- faust#596: records lost after table recovery --------------------------------------------------
@@ -116,6 +121,14 @@ class KafkaRunner:
         self.parts: dict[int, PartitionState] = {}
         # Newest offset routed, per partition of the events topic this worker reads.
         self.routed_offsets: dict[int, int] = {}
+        # Sends of this worker's route stage to each by-user partition that the broker has not
+        # acknowledged yet (records its detect stage cannot see on the broker either).
+        self.sends_in_flight: dict[int, int] = {}
+        # Newest offset the broker acknowledged for this worker's sends, per by-user partition.
+        self.sent_offsets: dict[int, int] = {}
+        # End offsets of the input partitions held, as the broker gave them to the stall check.
+        self.broker_ends: dict[TP, int] = {}
+        self.partition_watch = PartitionWatch()
         self.app = self._build_app(worker_name)
 
     # -- wiring -----------------------------------------------------------------------------------
@@ -162,6 +175,7 @@ class KafkaRunner:
         app.agent(self.events_topic, name="route")(self._route_agent)
         app.agent(self.by_user_topic, name="detect")(self._detect_agent)
         app.timer(1.0)(self._housekeeping)
+        app.timer(WATCH_INTERVAL_S)(self._watch_partitions)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         # A fixed prefix: dashboards must not depend on the app id.
         setup_prometheus_sensors(
@@ -192,14 +206,23 @@ class KafkaRunner:
                 for partition, source_only in destinations(event, self.partitions, self._owner):
                     # Buffered, not awaited one by one: faust flushes the producer before it
                     # commits this batch's offsets, so a crash re-routes, never loses.
-                    self.by_user_topic.send_soon(
+                    sent = self.by_user_topic.send_soon(
                         key=event.user_id.encode(),
                         value=raw,
                         partition=partition,
                         headers=[(COPY_HEADER, b"source")] if source_only else None,
                         force=True,
                     )
+                    self.sends_in_flight[partition] = self.sends_in_flight.get(partition, 0) + 1
+                    sent.add_done_callback(partial(self._on_sent, partition))
             self.metrics.observe_batch(time.perf_counter() - started, stage="route")
+
+    def _on_sent(self, partition: int, sent: asyncio.Future[Any]) -> None:
+        self.sends_in_flight[partition] -= 1
+        if not sent.cancelled() and sent.exception() is None:
+            offset = sent.result().offset
+            if offset > self.sent_offsets.get(partition, -1):
+                self.sent_offsets[partition] = offset
 
     @staticmethod
     def _owner(user_id: str, partitions: int) -> int:
@@ -336,15 +359,17 @@ class KafkaRunner:
             # Nothing routed since this worker got the partition: it starts where the last
             # owner committed, so compare with where it reads from.
             next_offset = routed + 1 if routed is not None else await consumer.position(tp)
-            if (consumer.highwater(tp) or 0) > (next_offset or 0):
+            if self._end_offset(tp) > (next_offset or 0):
                 routing_behind = True
         lag = 0
         for partition, part in list(self.parts.items()):
-            highwater = consumer.highwater(TP(self.by_user_topic_name, partition))
-            behind = max(0, (highwater or 0) - part.done_offset - 1)
+            end = self._end_offset(TP(self.by_user_topic_name, partition))
+            behind = max(0, end - part.done_offset - 1)
             lag += behind
             quiet = now - part.last_event_wall >= s.idle_advance_s
-            if part.newest_event_ts is not None and quiet and not behind and not routing_behind:
+            # This worker's own sends there that the broker has not acknowledged are unread too.
+            unread = behind or self.sends_in_flight.get(partition, 0)
+            if part.newest_event_ts is not None and quiet and not unread and not routing_behind:
                 target = idle_advance_target(part.newest_event_ts, now, lateness)
                 watermark = part.engine.watermark_ms
                 if watermark is None or target - lateness > watermark:
@@ -358,12 +383,74 @@ class KafkaRunner:
         self.metrics.consumer_lag_messages.set(lag)
         self.metrics.tracked_users.set(sum(len(p.engine.users) for p in self.parts.values()))
 
+    def _end_offset(self, tp: TP) -> int:
+        """The newest known end (next offset to be written) of an input partition.
+
+        Not `consumer.highwater(tp)` alone: that is the highwater of the partition's last fetch
+        response, and aiokafka keeps one fetch in flight per broker, which faust lets wait up to
+        1.5 s (`fetch_max_wait_ms=1500`) for new data, and leaves out of it a partition whose
+        fetched records the app has not taken yet. So the cached highwater can be over a second
+        old: the detect stage saw "nothing left to read" while hundreds of records its own route
+        stage had sent were on the broker, advanced event time to the wall clock, and then
+        dropped them as late (issue 15). The offsets the broker acknowledged to this worker's
+        producer, and the end offsets the stall check asked for, are newer."""
+        end = self.app.consumer.highwater(tp) or 0
+        if tp.topic == self.by_user_topic_name:
+            end = max(end, self.sent_offsets.get(tp.partition, -1) + 1)
+        return max(end, self.broker_ends.get(tp, 0))
+
+    async def _watch_partitions(self) -> None:
+        """Every few seconds: the input lag of each by-user partition held, from the broker's end
+        offsets, and a WARNING when one has not moved for `STALL_AFTER_S` with records unread.
+
+        Apart from `_housekeeping`: a ListOffsets request waits on the broker connection behind
+        the fetch in flight (up to 1.5 s), too long for a once-a-second timer."""
+        consumer = self.app.consumer
+        tps = sorted(
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in (self.by_user_topic_name, self.settings.events_topic)
+        )
+        if not tps:
+            return
+        try:
+            asked = await asyncio.wait_for(consumer.highwaters(*tps), END_OFFSETS_TIMEOUT_S)
+        except Exception as exc:  # a slow broker must not stop the watch
+            log.info("end offsets not available (%s)", exc)
+            return
+        now = time.time()
+        for tp in tps:
+            if asked.get(tp) is not None:
+                self.broker_ends[tp] = max(self.broker_ends.get(tp, 0), asked[tp])
+            if tp.topic != self.by_user_topic_name:
+                continue
+            part = self.parts.get(tp.partition)
+            # Before its first record, the partition's position is where its consumer reads.
+            position = part.done_offset + 1 if part else (await consumer.position(tp) or 0)
+            report = self.partition_watch.update(
+                tp.partition, position=position, end_offset=self._end_offset(tp), now=now
+            )
+            self.metrics.set_partition_input(tp.partition, report.lag, report.stalled)
+            if report.changed and report.stalled:
+                log.warning(
+                    "partition %d of the by-user topic has not moved for %.0f s with %d records "
+                    "unread: its users get no flags until it moves",
+                    tp.partition,
+                    report.stalled_for_s,
+                    report.lag,
+                )
+            elif report.changed:
+                log.info("partition %d of the by-user topic moves again", tp.partition)
+
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
         """Partitions moving away: forget their engines (the new owner resumes from the table and
         re-reads what was not acknowledged)."""
         for tp in revoked:
+            self.broker_ends.pop(tp, None)
             if tp.topic == self.by_user_topic_name:
                 self.parts.pop(tp.partition, None)
+                self.partition_watch.forget(tp.partition)
+                self.metrics.forget_partition(tp.partition)
             elif tp.topic == self.settings.events_topic:
                 self.routed_offsets.pop(tp.partition, None)
 

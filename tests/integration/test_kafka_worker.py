@@ -238,6 +238,17 @@ def test_worker_serves_faust_and_frustration_metrics(kafka_runner: KafkaRunnerEn
     faust_lines = [line for line in text.splitlines() if line.startswith("faust_")]
     assert any("messages_received" in line for line in faust_lines), "faust's own monitor"
     assert "u34-" not in text, "no user id in metrics"
+    # The stall watch (every 5 s): one input-lag and one stalled series per by-user partition.
+    wait_for(
+        lambda: "frustration_partition_stalled{" in http_text(worker.web_port),
+        30,
+        "the per-partition gauges",
+        every_s=0.5,
+    )
+    text = http_text(worker.web_port)
+    for partition in range(PARTITIONS):
+        assert f'frustration_partition_input_lag_messages{{partition="{partition}"}}' in text
+        assert f'frustration_partition_stalled{{partition="{partition}"}} 0.0' in text
 
 
 def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_topic(

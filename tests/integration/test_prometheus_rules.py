@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "FrustrationIngestStopped",
     "FrustrationInvalidEventRatioHigh",
     "FrustrationProcessingBehind",
+    "FrustrationPartitionStalled",
     "FrustrationQueueBacklog",
     "FrustrationCredentialStuffing",
     "FrustrationTargetDown",

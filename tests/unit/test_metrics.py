@@ -24,6 +24,8 @@ from streams.metrics import (
 )
 
 # name as exposed -> (type, label names, {label: fixed values} pre-initialised at 0)
+# The per-partition gauges get a child per partition a worker holds, none before (PER_PARTITION).
+PER_PARTITION = {"frustration_partition_input_lag_messages", "frustration_partition_stalled"}
 CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = {
     "frustration_events_received_total": ("counter", ("type",), {"type": EVENT_TYPES}),
     "frustration_events_invalid_total": ("counter", ("reason",), {"reason": INVALID_REASONS}),
@@ -52,6 +54,8 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     "frustration_queue_oldest_open_age_seconds": ("gauge", (), {}),
     "frustration_ingest_requests_total": ("counter", ("code",), {"code": INGEST_CODES}),
     "frustration_consumer_lag_messages": ("gauge", (), {}),
+    "frustration_partition_input_lag_messages": ("gauge", ("partition",), {}),
+    "frustration_partition_stalled": ("gauge", ("partition",), {}),
     "frustration_build_info": ("gauge", ("version", "runner"), {}),
 }
 
@@ -82,6 +86,9 @@ def test_label_names_match_the_catalogue(metrics: FrustrationMetrics) -> None:
     families = _families(metrics.registry)
     for name, (kind, labels, _values) in CATALOGUE.items():
         samples = [s for s in families[name].samples if not s.name.endswith("_created")]
+        if name in PER_PARTITION:
+            assert not samples, f"{name} has a partition before any is held"
+            continue
         assert samples, f"{name} exposes no sample before the first event"
         for sample in samples:
             label_names = set(sample.labels) - {"le"}
@@ -98,7 +105,7 @@ def test_labelled_children_exist_at_zero(metrics: FrustrationMetrics) -> None:
             for value in values:
                 got = reg.get_sample_value(sample_name, {label: value})
                 assert got == 0.0, (sample_name, label, value, got)
-        if not fixed and name != "frustration_build_info":
+        if not fixed and name != "frustration_build_info" and name not in PER_PARTITION:
             assert reg.get_sample_value(sample_name) == 0.0, sample_name
 
 
@@ -261,3 +268,18 @@ def test_ingest_codes_stay_in_the_fixed_set(metrics: FrustrationMetrics) -> None
     (family,) = [f for f in reg.collect() if f.name == "frustration_ingest_requests"]
     codes = {s.labels["code"] for s in family.samples}
     assert codes == set(INGEST_CODES)
+
+
+def test_partition_gauges_follow_the_partitions_held(metrics: FrustrationMetrics) -> None:
+    reg = metrics.registry
+    metrics.set_partition_input(3, lag=120, stalled=True)
+    metrics.set_partition_input(1, lag=0, stalled=False)
+    lag = "frustration_partition_input_lag_messages"
+    assert reg.get_sample_value(lag, {"partition": "3"}) == 120
+    assert reg.get_sample_value("frustration_partition_stalled", {"partition": "3"}) == 1
+    assert reg.get_sample_value("frustration_partition_stalled", {"partition": "1"}) == 0
+    metrics.forget_partition(3)
+    metrics.forget_partition(7)  # never held: nothing to drop
+    assert reg.get_sample_value(lag, {"partition": "3"}) is None
+    with pytest.raises(ValueError):
+        metrics.set_partition_input(-1, lag=0, stalled=False)
