@@ -28,6 +28,15 @@ DEFAULT_IGNORED_INPUT_TYPES = (
     "datetime-local", "month", "week", "time", "color", "checkbox", "radio", "file",
 )  # fmt: skip
 DEFAULT_IGNORED_ELEMENTS = ("canvas", "video", "audio", "select", "option", "textarea", "iframe")
+# sshd, PAM, Keycloak, Auth0, Cognito and common web frameworks: the account named does not exist.
+DEFAULT_NONEXISTENT_ACCOUNT_REASONS = (
+    "invalid_user", "unknown_user", "no_such_user", "user_not_found", "unknown_account",
+    "account_not_found", "invalid_username", "unknown_username", "user_does_not_exist",
+)  # fmt: skip
+# Reasons that say the credentials were wrong (not that the service failed).
+DEFAULT_CREDENTIAL_REASONS = (
+    "bad_password", "invalid_password", "wrong_password", "invalid_credentials", "bad_credentials",
+)  # fmt: skip
 DEFAULT_TEXT_ELEMENTS = (
     "p", "span", "h1", "h2", "h3", "h4", "h5", "h6", "li", "td", "th", "pre", "code",
     "blockquote", "em", "strong", "b", "i", "small", "dd", "dt", "figcaption", "caption",
@@ -119,6 +128,68 @@ class DetectionConfig(BaseModel):
         "attempt is a weak signal (the client gave up).",
     )
 
+    login_nonexistent_account_reasons: tuple[str, ...] = Field(
+        DEFAULT_NONEXISTENT_ACCOUNT_REASONS,
+        description="Failure reasons saying the account does not exist: nobody to contact, so "
+        "they never count towards outreach (they still count as an IP's failures).",
+    )
+    login_max_source_ips: int = Field(
+        2,
+        ge=1,
+        description="Attempts of one account from more distinct IPs than this (and not all from "
+        "one device) are not one person locked out but tries spread over many sources.",
+    )
+    login_targeted_hold_ms: int = Field(
+        3_600_000,
+        ge=0,
+        description="An account an attacking IP failed for is being attacked, not locked out: its "
+        "failures from any source do not count for this long after the attacker's last one.",
+    )
+
+    # -- brute force (detectors/brute_force.py) ---------------------------------------------------
+    brute_force_window_ms: int = Field(
+        300_000, gt=0, description="Window in which one IP's failures on one account are judged."
+    )
+    brute_force_min_failures: int = Field(
+        20,
+        ge=2,
+        description="Failures of one account from one IP within brute_force_window_ms that make "
+        "it an attack (a person locked out stops after a handful).",
+    )
+    brute_force_suspect_failures: int = Field(
+        10,
+        ge=1,
+        description="An IP with this many failures on one account is undecided: failed logins "
+        "from it are judged only once its brute-force window has passed.",
+    )
+    brute_force_pace_attempts: int = Field(
+        5,
+        ge=3,
+        description="Attempts (failures login_merge_gap_ms apart or more) of one account from one "
+        "IP whose gaps are judged for machine pace.",
+    )
+    brute_force_max_median_gap_ms: int = Field(
+        3_000,
+        ge=0,
+        description="Machine pace: the median gap of the last brute_force_pace_attempts attempts "
+        "below this (a person needs longer to read the error and retype a password).",
+    )
+    brute_force_parallel_failures: int = Field(
+        4,
+        ge=2,
+        description="Failures of one account from one IP within brute_force_parallel_ms: "
+        "parallel connections (a double or triple submit is 2 or 3).",
+    )
+    brute_force_parallel_ms: int = Field(
+        1_000, gt=0, description="Window of the parallel-connections rule."
+    )
+    brute_force_hold_ms: int = Field(
+        3_600_000,
+        gt=0,
+        description="How long after its last failure a brute-forcing IP stays marked; its "
+        "failures never count towards an outreach flag.",
+    )
+
     # -- credential stuffing ----------------------------------------------------------------------
     stuffing_min_accounts: int = Field(
         15, ge=2, description="Distinct accounts failing from one IP that make it an attack."
@@ -135,6 +206,56 @@ class DetectionConfig(BaseModel):
         gt=0,
         description="How long after its last failure an attacking IP stays marked; its failures "
         "never count towards an outreach flag.",
+    )
+
+    # -- distributed credential stuffing (detectors/distributed_stuffing.py) -----------------------
+    distributed_stuffing_reasons: tuple[str, ...] = Field(
+        DEFAULT_CREDENTIAL_REASONS,
+        description="Failure reasons of wrong credentials that a surge is counted from (with "
+        "login_nonexistent_account_reasons); service failures such as service_unavailable are "
+        "outages, never counted.",
+    )
+    distributed_stuffing_window_ms: int = Field(
+        600_000, gt=0, description="Window in which the platform's credential failures are counted."
+    )
+    distributed_stuffing_min_accounts: int = Field(
+        100,
+        ge=2,
+        description="Distinct accounts with credential failures within the window that can make "
+        "a distributed attack (when the other conditions hold too).",
+    )
+    distributed_stuffing_min_ips: int = Field(
+        20,
+        ge=1,
+        description="Distinct source IPs the failures must come from (fewer: the per-IP rules "
+        "judge them).",
+    )
+    distributed_stuffing_surge_factor: float = Field(
+        5.0,
+        ge=1,
+        description="The window's distinct accounts must also reach this multiple of their usual "
+        "number, so a large platform's ordinary typos are never an attack.",
+    )
+    distributed_stuffing_max_failures_per_account: float = Field(
+        2.0,
+        gt=0,
+        description="Most failures per account on average: attackers try an account once or "
+        "twice and move on, people (and an outage's clients) retry.",
+    )
+    distributed_stuffing_bucket_ms: int = Field(
+        60_000, gt=0, description="The usual number is sampled at the end of each bucket."
+    )
+    distributed_stuffing_half_life_ms: int = Field(
+        3_600_000,
+        gt=0,
+        description="Half-life of the usual number (exponentially weighted mean; the first "
+        "window only sets it; frozen during an attack).",
+    )
+    distributed_stuffing_hold_ms: int = Field(
+        600_000,
+        ge=0,
+        description="How long after the surge an attack stays on: failures from an IP that "
+        "failed for two or more accounts do not count towards outreach meanwhile.",
     )
 
     # -- abrupt chat endings ----------------------------------------------------------------------
@@ -261,10 +382,16 @@ class DetectionConfig(BaseModel):
             self.login_window_ms + self.login_confirm_ms + self.login_giveup_ms,
             self.rage_bursts_window_ms,
             self.stuffing_window_ms,
+            self.brute_force_window_ms,
+            self.login_targeted_hold_ms,
             self.allowed_lateness_ms,
         )
         if self.user_idle_ttl_ms <= longest_window:
             raise ConfigurationError("user_idle_ttl_ms must exceed every detector window")
+        if self.brute_force_suspect_failures >= self.brute_force_min_failures:
+            raise ConfigurationError(
+                "brute_force_suspect_failures must be below brute_force_min_failures"
+            )
         if self.dedup_window_ms < self.allowed_lateness_ms:
             raise ConfigurationError("dedup_window_ms must be at least allowed_lateness_ms")
         if self.incident_close_users >= self.incident_min_users:

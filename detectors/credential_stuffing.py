@@ -138,16 +138,21 @@ class CredentialStuffingDetector:
         """Whether the IP counted as an attacker at event time `ts`."""
         return state.attack_until >= ts and state.alert_first_ts <= ts
 
-    def verdict(self, state: SourceState, ts: int) -> SourceVerdict:
-        """Attack or not at event time `ts`, and from when that is final. An IP that failed for
-        `stuffing_suspect_accounts` accounts but fewer than `stuffing_min_accounts` is undecided
-        until its stuffing window has passed."""
+    def verdict(self, state: SourceState, ts: int, now_ms: int | None = None) -> SourceVerdict:
+        """Whether this IP's failure at `ts` is an attacker's, as known at `now_ms` (default
+        `ts`), and from when that is final. An IP that failed for `stuffing_suspect_accounts`
+        accounts around `ts` but is no attacker (yet) is undecided until the stuffing window from
+        `ts` has passed: an attack that reaches `stuffing_min_accounts` later than that starts
+        after `ts` and does not cover it."""
+        window = self.config.stuffing_window_ms
+        now = ts if now_ms is None else now_ms
         if self.is_attack(state, ts):
             return SourceVerdict(True, ts)
-        horizon = ts - self.config.stuffing_window_ms
-        recent = [f for f in state.failures if horizon <= f[0] <= ts]
-        if len({account for _, account in recent}) >= self.config.stuffing_suspect_accounts:
-            return SourceVerdict(False, recent[0][0] + self.config.stuffing_window_ms)
+        if now >= ts + window:
+            return SourceVerdict(False, ts)
+        accounts = {account for t, account in state.failures if ts - window <= t <= now}
+        if len(accounts) >= self.config.stuffing_suspect_accounts:
+            return SourceVerdict(False, ts + window)
         return SourceVerdict(False, ts)
 
     def is_idle(self, state: SourceState, now_ms: int) -> bool:

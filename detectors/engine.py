@@ -10,6 +10,8 @@ The data path, for one event::
         ▼                                  (= newest event time seen - allowed_lateness_ms)
     due timers fire first (login confirmations), then the user's detectors:
         click ─> RageClickDetector      login ─> CredentialStuffingDetector (per IP)
+                                                  BruteForceDetector (per IP)
+                                                  DistributedStuffingDetector (all IPs)
                                                   FailedLoginDetector (per account)
         chat  ─> AbruptChatEndDetector
         ▼
@@ -32,8 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
+from detectors.brute_force import BruteForceDetector, BruteForceState
 from detectors.config import DetectionConfig
 from detectors.credential_stuffing import CredentialStuffingDetector, SourceState
+from detectors.distributed_stuffing import DistributedState, DistributedStuffingDetector
 from detectors.failed_login import FailedLoginDetector, FailedLoginState, SourceVerdict
 from detectors.rage_click import RageClickDetector, RageClickState
 from detectors.scoring import FlagScorer, ScoreState
@@ -42,7 +46,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 #: How often (event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000
@@ -120,10 +124,14 @@ class DetectionEngine:
         self.rage = RageClickDetector(self.config)
         self.logins = FailedLoginDetector(self.config)
         self.stuffing = CredentialStuffingDetector(self.config)
+        self.brute = BruteForceDetector(self.config)
+        self.distributed = DistributedStuffingDetector(self.config)
         self.chats = AbruptChatEndDetector(self.config)
         self.scorer = FlagScorer(self.config)
         self.users: dict[str, UserState] = {}
         self.sources: dict[str, SourceState] = {}
+        self.brute_sources: dict[str, BruteForceState] = {}
+        self.surge = DistributedState()  # the platform's credential failures, for botnets
         self.outbox: list[Output] = []
         self.stats = EngineStats()
         # (ts, user_id, tiebreak, seq, source_only, event): a total order, whatever the arrival.
@@ -236,7 +244,7 @@ class DetectionEngine:
         """A source-only copy: timers and the sweep see its time, the per-IP state its failure."""
         self._reach(event.ts)
         self.stats.source_copies += 1
-        self._raise(self._learn_source(event))
+        self._learn_source(event)
 
     def _source(self, event: AnyEvent) -> SourceState | None:
         """The per-IP state a failed login with an IP counts in (None for any other event)."""
@@ -247,19 +255,35 @@ class DetectionEngine:
             source = self.sources[event.ip] = SourceState()
         return source
 
-    def _learn_source(self, event: AnyEvent) -> SecurityAlert | None:
-        source = self._source(event)
+    def _brute_source(self, ip: str) -> BruteForceState:
+        source = self.brute_sources.get(ip)
         if source is None:
-            return None
-        assert event.type == "login"
-        return self.stuffing.learn_one(source, event)
+            source = self.brute_sources[ip] = BruteForceState()
+        return source
 
-    def _learn_source_late(self, event: AnyEvent) -> None:
+    def _learn_source(self, event: AnyEvent) -> None:
+        """A failed login with an IP feeds every per-IP detector; alerts go to the outbox."""
         source = self._source(event)
         if source is None:
             return
-        assert event.type == "login"
+        assert event.type == "login" and event.ip is not None
+        self._raise(self.stuffing.learn_one(source, event))
+        brute = self.brute.learn_one(self._brute_source(event.ip), event)
+        if not self.stuffing.is_attack(source, event.ts):  # one alert per attack: stuffing says it
+            self._raise(brute)
+        self._raise(self.distributed.learn_one(self.surge, event))
+
+    def _learn_source_late(self, event: AnyEvent) -> None:
+        """A copy behind the partition's event time: the per-IP detectors take it out of order;
+        the platform-wide surge is judged in order only (it does not see late copies)."""
+        source = self._source(event)
+        if source is None:
+            return
+        assert event.type == "login" and event.ip is not None
         self._raise(self.stuffing.learn_late(source, event))
+        brute = self.brute.learn_late(self._brute_source(event.ip), event)
+        if brute is None or not self.stuffing.is_attack(source, brute.ts):
+            self._raise(brute)
 
     def _raise(self, alert: SecurityAlert | None) -> None:
         if alert is None or (self._alerts_for is not None and not self._alerts_for(alert.ip)):
@@ -269,7 +293,7 @@ class DetectionEngine:
 
     def _login(self, state: UserState, event: AnyEvent) -> None:
         assert event.type == "login"
-        self._raise(self._learn_source(event))
+        self._learn_source(event)
         if state.logins is None:
             state.logins = FailedLoginState()
         before = state.logins.deadline
@@ -278,11 +302,24 @@ class DetectionEngine:
         if deadline is not None and deadline != before:
             heapq.heappush(self._timers, (deadline, event.user_id))
 
-    def _source_verdict(self, ip: str, ts: int) -> SourceVerdict:
+    def _source_verdict(self, ip: str, ts: int, now_ms: int) -> SourceVerdict:
+        """The IP's failure at `ts`, as known at `now_ms`: an attack if any per-IP detector says
+        so; otherwise final once every one of them has decided."""
+        verdicts = []
         source = self.sources.get(ip)
-        if source is None:
-            return SourceVerdict(False, ts)
-        return self.stuffing.verdict(source, ts)
+        if source is not None:
+            verdicts.append(self.stuffing.verdict(source, ts, now_ms))
+        brute = self.brute_sources.get(ip)
+        if brute is not None:
+            verdicts.append(self.brute.verdict(brute, ts, now_ms))
+        if any(v.attack for v in verdicts):
+            return SourceVerdict(True, ts)
+        if source is not None and self.distributed.is_attack(self.surge, ts):
+            # During a botnet's surge an IP failing for several accounts is one of its sources.
+            window = self.config.stuffing_window_ms
+            if len({a for t, a in source.failures if ts - window <= t <= now_ms}) >= 2:
+                return SourceVerdict(True, ts)
+        return SourceVerdict(False, max((v.decided_at for v in verdicts), default=ts))
 
     def _fire_timers(self, before_ts: int | None) -> None:
         timers = self._timers
@@ -331,6 +368,8 @@ class DetectionEngine:
                 del self.users[user_id]
         for ip in [ip for ip, s in self.sources.items() if self.stuffing.is_idle(s, now)]:
             del self.sources[ip]
+        for ip in [ip for ip, b in self.brute_sources.items() if self.brute.is_idle(b, now)]:
+            del self.brute_sources[ip]
 
     # -- checkpoints ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -338,6 +377,8 @@ class DetectionEngine:
         parts = (
             self.users,
             self.sources,
+            self.brute_sources,
+            self.surge,
             self._buffer,
             self._seq,
             self._timers,
@@ -352,6 +393,8 @@ class DetectionEngine:
         (
             self.users,
             self.sources,
+            self.brute_sources,
+            self.surge,
             self._buffer,
             self._seq,
             self._timers,

@@ -111,15 +111,32 @@ class Flag(_Frozen):
     )
 
 
+SecurityAlertKind = Literal["credential_stuffing", "brute_force", "distributed_stuffing"]
+SECURITY_ALERT_KINDS: tuple[SecurityAlertKind, ...] = get_args(SecurityAlertKind)
+
+
 class SecurityAlert(_Frozen):
-    """Credential stuffing: one source failing logins for many accounts. Goes to security, never to
-    outreach; the accounts it touched are not flagged for it."""
+    """An attack on logins. Goes to security, never to outreach; the accounts it touched are not
+    flagged for it.
+
+    - `credential_stuffing`: one source failing logins for many accounts;
+    - `brute_force`: one source hammering one or a few accounts far beyond human pace or volume
+      (`rule` says which: volume, pace or parallel);
+    - `distributed_stuffing`: a surge of failures for many accounts spread over many sources (a
+      botnet); `ip` is empty, `distinct_ips` counts the sources.
+    """
 
     alert_id: str
-    kind: Literal["credential_stuffing"] = "credential_stuffing"
+    kind: SecurityAlertKind = "credential_stuffing"
     ts: Timestamp
-    ip: str
+    ip: str = Field(description="the attacking source; empty for distributed_stuffing")
     distinct_accounts: int
     failures: int
     window_ms: int
     first_ts: Timestamp
+    rule: Literal["volume", "pace", "parallel"] | None = Field(
+        default=None, description="brute_force only: which rule caught it"
+    )
+    distinct_ips: int | None = Field(
+        default=None, description="distributed_stuffing only: sources in the window"
+    )

@@ -120,6 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_baseline,
         incident_report,
         load_truth,
+        lookalike_report,
     )
     from streams.replay import replay_all
 
@@ -136,6 +137,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for rule in args.baseline or []:
         print(evaluate_baseline(events, truth, rule).line())
     for line in incident_report(result, truth).lines():
+        print(line)
+    for line in lookalike_report(result, truth):
         print(line)
     return 0
 

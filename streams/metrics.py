@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from signals.events import EVENT_TYPES as _EVENT_TYPES
 from signals.exceptions import INVALID_REASONS as _INVALID_REASONS
+from signals.flags import SECURITY_ALERT_KINDS as _SECURITY_ALERT_KINDS
 from signals.flags import SEVERITIES as _SEVERITIES
 from signals.flags import SIGNAL_KINDS as _SIGNAL_KINDS
 from streams.queue.store import STATUSES as _QUEUE_STATUSES
@@ -83,7 +84,7 @@ EVENT_TYPES: tuple[str, ...] = _EVENT_TYPES
 INVALID_REASONS: tuple[str, ...] = _INVALID_REASONS
 SIGNAL_KINDS: tuple[str, ...] = _SIGNAL_KINDS
 SEVERITIES: tuple[str, ...] = _SEVERITIES
-SECURITY_ALERT_KINDS: tuple[str, ...] = ("credential_stuffing",)
+SECURITY_ALERT_KINDS: tuple[str, ...] = _SECURITY_ALERT_KINDS
 INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
 # batch: the embedded runner (and queue sink); route and detect: the two stages of a Kafka worker.
 PROCESSING_STAGES: tuple[str, ...] = ("batch", "route", "detect")

@@ -13,6 +13,7 @@ outage client still reached individual outreach.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -208,3 +209,22 @@ def incident_report(result: ReplayResult, truth: list[dict[str, Any]]) -> Incide
         items_without_grouping=len(last),
         individual_flags=len(individual),
     )
+
+
+def lookalike_report(result: ReplayResult, truth: list[dict[str, Any]]) -> list[str]:
+    """Per benign look-alike (and victims of the simulated attacks): how many users, how many of
+    them flagged (each is a false flag), and the security alerts by kind."""
+    flagged = {f["user_id"] for f in result.flags}
+    users: dict[str, set[str]] = {}
+    for t in truth:
+        if t.get("frustrated"):
+            continue
+        labels = list(t.get("lookalikes", []))
+        if t.get("credential_stuffing_victim"):
+            labels.append("credential_stuffing_victim")
+        for label in labels:
+            users.setdefault(label, set()).add(t["user_id"])
+    parts = [f"{label} {len(u)} (flagged {len(u & flagged)})" for label, u in sorted(users.items())]
+    kinds = Counter(a["kind"] for a in result.alerts)
+    alerts = ", ".join(f"{k}={n}" for k, n in sorted(kinds.items())) or "none"
+    return [f"look-alikes: {', '.join(parts) or 'none'}", f"security alerts: {alerts}"]

@@ -6,7 +6,11 @@ chevrons, sliders, tabs, quick navigation, a control clicked three or four times
 typo'd logins that then succeed, chats answered in time, chats closed at once. A few percent are
 in a frustration episode: a broken control hammered (in one long burst, or in several short ones),
 a lock-out, a chat abandoned while waiting, or two weaker signs together. One attacker IP tries
-credential stuffing against many accounts: those accounts are victims, not frustrated.
+credential stuffing against many accounts: those accounts are victims, not frustrated. Two
+scanners brute-force one account each (one at sshd's machine pace, one slower but dozens of
+times), and from 1000 users on a botnet of hundreds of IPs tries leaked credentials on many
+accounts, most of which do not exist here, a few real ones from several IPs each: shapes seen in
+real sshd logs; their victims are labelled look-alikes (`brute_force_victim`, `botnet_victim`).
 
 Timing is drawn from distributions, not fixed at the thresholds: some episodes have a pause that
 breaks the burst, or failures spread out too far, so they are honestly hard to catch. Arrival order
@@ -260,6 +264,8 @@ class Simulator:
             t0 = self.start_ms + self.rng.randrange(max(1, self.duration_ms - 1_800_000))
             truths.append(self._user(_User(self, user_id, t0)))
         self._credential_stuffing(truths)
+        self._brute_force(truths)
+        self._botnet(truths)
         for n, outage in enumerate(self.outages):
             self._outage(truths, n, outage)
         self._timed.sort(key=lambda item: (item[0], item[1]))
@@ -489,6 +495,58 @@ class Simulator:
                 self.emit(victim.user_id, f"s-atk-{victim.user_id}", t,
                           {"type": "login", "outcome": "failure", "reason": "bad_password",
                            "ip": attacker_ip, "device_id": "d-attacker"})  # fmt: skip
+
+    def _brute_force(self, truths: list[Truth]) -> None:
+        """Two scanners, each hammering one real account: one retries every 2-3 s (as sshd
+        scanners do), one every 5-12 s but 25-60 times."""
+        if self.users < 50:
+            return
+        rng = self.rng
+        quiet = [t for t in truths if not t.frustrated and not t.credential_stuffing_victim]
+        for n, (ip, tries, lo, hi) in enumerate(
+            [("203.0.113.66", (30, 150), 2_000, 3_000), ("203.0.113.67", (25, 60), 5_000, 12_000)]
+        ):
+            victim = rng.choice(quiet)
+            quiet.remove(victim)
+            victim.lookalikes.append("brute_force_victim")
+            t = self.start_ms + self.duration_ms * (2 + n) // 5 + rng.randrange(300_000)
+            for _ in range(rng.randint(*tries)):
+                t += rng.randint(lo, hi)
+                self.emit(victim.user_id, f"s-bf-{victim.user_id}", t,
+                          {"type": "login", "outcome": "failure", "reason": "bad_password",
+                           "ip": ip})  # fmt: skip
+
+    def _botnet(self, truths: list[Truth]) -> None:
+        """Hundreds of IPs within 8 minutes, each trying one or two accounts once or twice from
+        a leaked list: a quarter of the users' number of accounts, 80 % of which do not exist
+        here (invalid_user); each real account in it is tried from 2-5 IPs."""
+        if self.users < 1000:
+            return
+        rng = self.rng
+        start = self.start_ms + self.duration_ms * 2 // 3
+        quiet = [
+            t
+            for t in truths
+            if not t.frustrated and not t.credential_stuffing_victim and not t.lookalikes
+        ]
+        n_accounts = self.users // 4
+        real = rng.sample(quiet, max(1, n_accounts // 5))
+        attempts: list[tuple[str, str]] = []
+        for victim in real:
+            victim.lookalikes.append("botnet_victim")
+            attempts += [(victim.user_id, "bad_password")] * rng.randint(2, 5)
+        for i in range(n_accounts - len(real)):
+            attempts += [(f"leaked-{self.seed}-{i:05d}", "invalid_user")] * rng.randint(1, 2)
+        rng.shuffle(attempts)
+        ips = [f"198.18.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(len(attempts))]
+        k = 0
+        while k < len(attempts):  # each IP takes the next one or two attempts (one or two accounts)
+            ip, take = ips[k], rng.choice([1, 1, 2])
+            for account, reason in attempts[k : k + take]:
+                self.emit(account, f"s-bot-{account}", start + rng.randrange(480_000),
+                          {"type": "login", "outcome": "failure", "reason": reason,
+                           "ip": ip})  # fmt: skip
+            k += take
 
     # -- outages ----------------------------------------------------------------------------------
     def _outage(self, truths: list[Truth], n: int, outage: Outage) -> None:

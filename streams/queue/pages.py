@@ -49,6 +49,11 @@ def _layout(title: str, body: str, refresh_s: int) -> str:
     )
 
 
+def _alert_source(alert: dict[str, Any]) -> str:
+    """The attacking IP, or for an attack spread over many IPs (no single one) how many."""
+    return str(alert["ip"]) if alert["ip"] else f"{alert.get('distinct_ips') or 0} sources"
+
+
 def _age(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -157,13 +162,14 @@ def queue_page(store: QueueStore, error: str | None = None) -> str:
     )
     alerts = store.list_alerts(limit=20)
     alert_rows = "".join(
-        f"<tr><td>{escape(a['ts'])}</td><td><code>{escape(a['ip'])}</code></td>"
+        f"<tr><td>{escape(a['ts'])}</td><td>{escape(a['kind'].replace('_', ' '))}</td>"
+        f"<td><code>{escape(_alert_source(a))}</code></td>"
         f"<td>{a['distinct_accounts']} accounts, {a['failures']} failures</td></tr>"
         for a in alerts
     )
     alert_html = (
-        "<h2>Security alerts (credential stuffing: not for outreach)</h2><table><tr><th>When</th>"
-        f"<th>Source IP</th><th>Scale</th></tr>{alert_rows}</table>"
+        "<h2>Security alerts (attacks on logins: not for outreach)</h2><table><tr><th>When</th>"
+        f"<th>Kind</th><th>Source IP</th><th>Scale</th></tr>{alert_rows}</table>"
         if alerts
         else ""
     )

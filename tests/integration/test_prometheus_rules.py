@@ -40,6 +40,7 @@ EXPECTED_ALERTS = {
     "FrustrationPartitionStalled",
     "FrustrationQueueBacklog",
     "FrustrationCredentialStuffing",
+    "FrustrationLoginAttack",
     "FrustrationTargetDown",
     "FrustrationFlagLatencyBudgetBurn",
     "FrustrationFlagLatencyBudgetBurnSlow",

@@ -37,7 +37,7 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     "frustration_security_alerts_total": (
         "counter",
         ("kind",),
-        {"kind": ("credential_stuffing",)},
+        {"kind": ("credential_stuffing", "brute_force", "distributed_stuffing")},
     ),
     "frustration_incidents_total": ("counter", ("kind",), {"kind": SIGNAL_KINDS}),
     "frustration_incidents_open": ("gauge", ("kind",), {"kind": SIGNAL_KINDS}),

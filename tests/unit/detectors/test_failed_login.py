@@ -321,3 +321,70 @@ def test_an_attacker_ip_stays_marked_for_the_hold_time() -> None:
     later = failures(30 * MINUTE, 6, 20 * SECOND, user="later-victim", ip=ATTACKER)
     out = run_engine(by_ts(events + later))
     assert flags_of(out) == []
+
+
+# -- issue 11: accounts that do not exist, every undecided source, accounts under attack ----------
+def test_failures_for_an_account_that_does_not_exist_never_count() -> None:
+    events = failures(0, 12, 5 * SECOND, user="admin", reason="invalid_user", ip="100.64.3.3")
+    assert signals_of(run_engine(events)) == []
+    unknown = failures(0, 6, 20 * SECOND, user="nobody", reason="unknown_user")
+    assert login_signals(unknown) == []
+
+
+def test_the_nonexistent_account_reasons_are_a_setting() -> None:
+    events = failures(0, 6, 20 * SECOND, user="admin", reason="invalid_user")
+    config = DetectionConfig(login_nonexistent_account_reasons=("no_such_login",))
+    assert len(login_signals(events, config)) == 1
+
+
+def test_a_real_accounts_failures_still_count_beside_nonexistent_ones() -> None:
+    events = failures(0, 5, 20 * SECOND, reason="bad_password") + failures(
+        7 * SECOND, 5, 20 * SECOND, reason="invalid_user"
+    )
+    signals = login_signals(by_ts(events))
+    assert len(signals) == 1 and evidence(signals[0]).failures == 5
+
+
+def test_the_judgement_waits_for_every_undecided_source_not_only_the_first() -> None:
+    # "shared" fails twice from a suspect NAT address (3 accounts: undecided until 5 min), then
+    # three times from a second IP that is clean at the first deadline (200 s) but, by the time
+    # the first IP is decided (300 s), has failed for 10 accounts, and reaches 15 at 340 s: an
+    # attack whose window holds its failures on "shared". Those must not count (the old rule
+    # waited once, for the first undecided IP, and flagged "shared").
+    first_ip, second_ip = "100.64.9.1", "100.64.9.2"
+    nat = [login(5 * SECOND, "other-a0", ip=first_ip), login(6 * SECOND, "other-a1", ip=first_ip)]
+    mine_first = failures(0, 2, 20 * SECOND, user="shared", ip=first_ip)
+    mine_second = failures(100 * SECOND, 3, 20 * SECOND, user="shared", ip=second_ip)
+    attack = [login(210 * SECOND + k * 10 * SECOND, f"other-b{k}", ip=second_ip) for k in range(14)]
+    out = run_engine(by_ts(nat + mine_first + mine_second + attack))
+    alerts = alerts_of(out)
+    assert [(a.kind, a.ip, a.first_ts) for a in alerts] == [
+        ("credential_stuffing", second_ip, T0 + 100 * SECOND)
+    ]
+    assert flags_of(out) == [] and signals_of(out) == []
+
+
+def test_the_longest_wait_is_the_stuffing_window_after_the_last_attempt() -> None:
+    # A NAT address with two colleagues failing: "me" is judged 5 min after my last failure.
+    colleagues = [login(5 * SECOND, "colleague-a", ip="100.64.1.1"),
+                  login(6 * SECOND, "colleague-b", ip="100.64.1.1")]  # fmt: skip
+    mine = failures(0, 5, 20 * SECOND, user="me", ip="100.64.1.1")
+    flags = flags_of(run_engine(by_ts(colleagues + mine)))
+    assert [f.ts for f in flags] == [mine[-1].ts + 5 * MINUTE]
+
+
+def test_an_account_under_attack_is_not_flagged_for_failures_from_other_scanners() -> None:
+    # The `root` of a public sshd: one scanner at machine pace, then another at human pace.
+    first = failures(0, 6, 2 * SECOND, user="root", ip="203.0.113.7")
+    second = failures(20 * MINUTE, 7, 15 * SECOND, user="root", ip="203.0.113.8")
+    out = run_engine(first + second)
+    assert [a.ip for a in alerts_of(out)] == ["203.0.113.7"]
+    assert flags_of(out) == [] and signals_of(out) == []
+
+
+def test_an_account_attacked_more_than_an_hour_ago_flags_again() -> None:
+    first = failures(0, 6, 2 * SECOND, user="root", ip="203.0.113.7")
+    later = failures(70 * MINUTE, 6, 15 * SECOND, user="root", ip="100.64.0.8")
+    flags = flags_of(run_engine(first + later))
+    assert [f.user_id for f in flags] == ["root"]
+    assert flags[0].ts > later[-1].ts

@@ -12,7 +12,19 @@ from detectors.engine import DetectionEngine, Output
 from signals.wire import AnyEvent, parse_event_object
 from streams.kafka.partitions import destinations
 from streams.lab.simulator import Simulator
-from tests.unit.builders import alerts_of, flags_of, jittered, late_of, mixed_stream
+from tests.unit.builders import (
+    MINUTE,
+    SECOND,
+    alerts_of,
+    by_ts,
+    failures,
+    flags_of,
+    jittered,
+    late_of,
+    login,
+    mixed_stream,
+    with_id,
+)
 
 
 def crc_partition(user_id: str, partitions: int) -> int:
@@ -113,3 +125,69 @@ def test_copies_from_a_partition_running_behind_still_protect_the_victims() -> N
     assert flags == expected_flags
     assert alerts == expected_alerts, "the alert too, raised late by the copies when needed"
     assert len(alerts_of(out)) == len(expected_alerts), "and raised once"
+
+
+def _with_ids(events: list[AnyEvent], prefix: str) -> list[AnyEvent]:
+    return [with_id(e, f"{prefix}-{i:05d}") for i, e in enumerate(by_ts(events))]
+
+
+def brute_force_stream() -> list[AnyEvent]:
+    """Two scanners on root (one at machine pace, one slow but 25 times), a person locked out on
+    another IP, and the root holder's own failures later while root is still under attack."""
+    events: list[AnyEvent] = [
+        *failures(0, 40, 2 * SECOND, user="root", ip="203.0.113.7"),
+        *failures(10 * MINUTE, 25, 9 * SECOND, user="admin", ip="203.0.113.8"),
+        *failures(20 * MINUTE, 6, 15 * SECOND, user="root", ip="203.0.113.9"),
+        *failures(30 * SECOND, 6, 20 * SECOND, user="locked", ip="100.64.0.8"),
+    ]
+    events += [login(k * 7 * SECOND, f"user-{k}", ip=f"100.65.0.{k}") for k in range(30)]
+    return _with_ids(events, "bf")
+
+
+def botnet_stream() -> list[AnyEvent]:
+    """Ordinary typos for 20 minutes, then 300 IPs failing for one or two accounts each, real
+    accounts among them tried from 6 IPs; and a person locked out meanwhile."""
+    events: list[AnyEvent] = [
+        login(m * MINUTE + k * 13 * SECOND, f"typo-{m}-{k}", ip=f"100.64.{m}.{k + 1}")
+        for m in range(30)
+        for k in range(3)
+    ]
+    for i in range(300):
+        ip = f"198.18.{i // 200}.{i % 200 + 1}"
+        events.append(login(20 * MINUTE + i * 1_500, f"leaked-{i}", ip=ip, reason="invalid_user"))
+        if i % 2:
+            events.append(login(20 * MINUTE + i * 1_500 + 700, f"leaked-b{i}", ip=ip))
+    for j in range(20):
+        for k in range(6):
+            ip = f"198.19.{j}.{k + 1}"
+            events.append(login(21 * MINUTE + j * SECOND + k * 20 * SECOND, f"client-{j}", ip=ip))
+            events.append(login(22 * MINUTE + j * SECOND + k * SECOND, f"other-{j}-{k}", ip=ip))
+    events += failures(22 * MINUTE, 6, 20 * SECOND, user="locked", ip="100.70.0.7")
+    return _with_ids(events, "bot")
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_brute_force_gives_the_same_alerts_and_flags_with_any_number_of_partitions(
+    partitions: int,
+) -> None:
+    events = jittered(brute_force_stream(), seed=5)
+    expected = summary(one_engine(events))
+    flags, alerts, _ = expected
+    assert len(alerts) == 2, "both scanners are caught"
+    assert [f[0] for f in flags] and len(flags) == 1, "only the person locked out is flagged"
+    got = partitioned(events, partitions)
+    assert summary(got) == expected
+    assert len(alerts_of(got)) == 2, "each alert raised once"
+    assert {f.user_id for f in flags_of(got)} == {"locked"}
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_a_botnet_gives_the_same_alert_and_flags_with_any_number_of_partitions(
+    partitions: int,
+) -> None:
+    events = jittered(botnet_stream(), seed=6)
+    expected = summary(one_engine(events))
+    got = partitioned(events, partitions)
+    assert summary(got) == expected
+    assert [a.kind for a in alerts_of(got)] == ["distributed_stuffing"], "raised once"
+    assert {f.user_id for f in flags_of(got)} == {"locked"}, "no botnet victim is flagged"

@@ -1,0 +1,149 @@
+"""Brute force: one IP hammering one account beyond a person's pace or volume is a security alert
+of its own kind and never an outreach flag; a person locked out at human pace still flags."""
+
+from __future__ import annotations
+
+from detectors.brute_force import BruteForceDetector, BruteForceState
+from detectors.config import DetectionConfig
+from signals.flags import SecurityAlert
+from tests.unit.builders import (
+    MINUTE,
+    SECOND,
+    T0,
+    alerts_of,
+    by_ts,
+    failures,
+    flags_of,
+    login,
+    run_engine,
+    signals_of,
+)
+
+SCANNER = "203.0.113.7"
+
+
+def alerts_alone(events: list, config: DetectionConfig | None = None) -> list[SecurityAlert]:
+    detector, state = BruteForceDetector(config), BruteForceState()
+    out = [detector.learn_one(state, e) for e in events]
+    return [a for a in out if a is not None]
+
+
+# -- volume ---------------------------------------------------------------------------------------
+def test_20_failures_of_one_account_within_5_minutes_at_human_pace_are_brute_force() -> None:
+    events = failures(0, 20, 12 * SECOND, user="root", ip=SCANNER)  # 3 min 48 s
+    alerts = alerts_alone(events)
+    assert [(a.kind, a.rule, a.failures, a.ip, a.distinct_accounts) for a in alerts] == [
+        ("brute_force", "volume", 20, SCANNER, 1)
+    ]
+    assert alerts[0].ts == events[-1].ts and alerts[0].first_ts == events[0].ts
+
+
+def test_19_failures_or_20_spread_over_more_than_5_minutes_are_not() -> None:
+    assert alerts_alone(failures(0, 19, 12 * SECOND, user="root", ip=SCANNER)) == []
+    assert alerts_alone(failures(0, 20, 16 * SECOND, user="root", ip=SCANNER)) == []
+
+
+def test_volume_counts_one_account_so_a_busy_office_nat_is_not_brute_force() -> None:
+    # 30 colleagues behind one address, each mistyping once or twice: 45 failures, no attack.
+    events = by_ts(
+        [login(i * 6 * SECOND, f"colleague-{i}", ip="100.64.1.1") for i in range(30)]
+        + [login(i * 6 * SECOND + 8 * SECOND, f"colleague-{i}", ip="100.64.1.1") for i in range(15)]
+    )
+    assert [a for a in alerts_alone(events) if a.kind == "brute_force"] == []
+
+
+# -- pace -----------------------------------------------------------------------------------------
+def test_five_attempts_2_seconds_apart_are_a_machine_rhythm() -> None:
+    alerts = alerts_alone(failures(0, 5, 2 * SECOND, user="root", ip=SCANNER))
+    assert [(a.rule, a.failures) for a in alerts] == [("pace", 5)]
+
+
+def test_a_median_gap_of_3_seconds_is_human_pace_and_4_attempts_too_few_to_judge() -> None:
+    assert alerts_alone(failures(0, 8, 3 * SECOND, user="root", ip=SCANNER)) == []
+    assert alerts_alone(failures(0, 4, 2 * SECOND, user="root", ip=SCANNER)) == []
+
+
+def test_double_submits_do_not_make_a_person_look_like_a_machine() -> None:
+    events = [
+        e
+        for k in range(6)
+        for e in (
+            login(k * 8 * SECOND, ip="100.64.0.5"),
+            login(k * 8 * SECOND + 300, ip="100.64.0.5"),
+        )
+    ]
+    assert alerts_alone(events) == []
+
+
+# -- parallel -------------------------------------------------------------------------------------
+def test_four_failures_within_one_second_are_parallel_connections() -> None:
+    events = [login(k * 200, "root", ip=SCANNER) for k in range(4)]
+    assert [(a.rule, a.failures) for a in alerts_alone(events)] == [("parallel", 4)]
+
+
+def test_a_triple_submit_is_not_parallel() -> None:
+    assert alerts_alone([login(k * 300, "root", ip=SCANNER) for k in range(3)]) == []
+
+
+# -- one alert per attack, and the IP stays marked ------------------------------------------------
+def test_one_alert_per_attack_and_a_new_one_after_the_hold() -> None:
+    first = failures(0, 60, 2 * SECOND, user="root", ip=SCANNER)
+    again = failures(3 * 60 * MINUTE, 6, 2 * SECOND, user="root", ip=SCANNER)
+    alerts = alerts_alone(first + again)
+    assert len(alerts) == 2
+    assert alerts[1].first_ts == again[0].ts
+    assert alerts[0].alert_id != alerts[1].alert_id
+
+
+def test_verdict_marks_the_ip_from_the_hammered_accounts_first_failure_for_an_hour() -> None:
+    detector, state = BruteForceDetector(), BruteForceState()
+    events = failures(MINUTE, 6, 2 * SECOND, user="root", ip=SCANNER)
+    for e in events:
+        detector.learn_one(state, e)
+    assert not detector.verdict(state, T0, T0 + 10 * MINUTE).attack  # before the attack began
+    assert detector.verdict(state, events[0].ts, events[-1].ts).attack
+    assert detector.verdict(state, events[-1].ts + 59 * MINUTE).attack
+    assert not detector.verdict(state, events[-1].ts + 61 * MINUTE).attack
+
+
+def test_an_ip_with_10_failures_on_one_account_is_undecided_for_its_window() -> None:
+    detector, state = BruteForceDetector(), BruteForceState()
+    events = failures(0, 10, 20 * SECOND, user="root", ip=SCANNER)
+    for e in events:
+        detector.learn_one(state, e)
+    verdict = detector.verdict(state, events[-1].ts, events[-1].ts + MINUTE)
+    assert not verdict.attack and verdict.decided_at == events[-1].ts + 5 * MINUTE
+    assert detector.verdict(state, events[-1].ts, events[-1].ts + 5 * MINUTE).decided_at == (
+        events[-1].ts
+    )
+
+
+# -- through the engine ---------------------------------------------------------------------------
+def test_a_brute_forced_account_is_never_an_outreach_flag_but_a_brute_force_alert() -> None:
+    out = run_engine(failures(0, 131, 2 * SECOND, user="root", ip=SCANNER))
+    assert flags_of(out) == [] and signals_of(out) == []
+    alerts = alerts_of(out)
+    assert [(a.kind, a.ip) for a in alerts] == [("brute_force", SCANNER)]
+
+
+def test_a_person_locked_out_at_human_pace_from_their_own_ip_still_flags() -> None:
+    events = failures(0, 6, 15 * SECOND, user="me", ip="100.64.0.8", device_id="d-me")
+    out = run_engine(events)
+    assert [f.user_id for f in flags_of(out)] == ["me"]
+    assert alerts_of(out) == []
+
+
+def test_a_slow_attacker_reaching_20_failures_within_its_window_takes_the_early_ones_too() -> None:
+    # 12 s apart: the first five look like a person; the 20th, 3 min 48 s later, shows it is not.
+    # The account's judgement waits for the IP's window, so no flag ever goes out.
+    out = run_engine(failures(0, 20, 12 * SECOND, user="root", ip=SCANNER))
+    assert flags_of(out) == [] and signals_of(out) == []
+    assert [a.rule for a in alerts_of(out)] == ["volume"]
+
+
+def test_a_person_on_another_ip_is_flagged_while_a_scanner_hammers_another_account() -> None:
+    scanner = failures(0, 40, 2 * SECOND, user="root", ip=SCANNER)
+    me = failures(10 * SECOND, 5, 20 * SECOND, user="me", ip="100.64.0.8")
+    out = run_engine(by_ts(scanner + me))
+    assert [f.user_id for f in flags_of(out)] == ["me"]
+    assert [a.kind for a in alerts_of(out)] == ["brute_force"]
