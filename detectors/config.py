@@ -73,6 +73,22 @@ class DetectionConfig(BaseModel):
     rage_radius_px: float = Field(
         30.0, gt=0, description="Clicks without a target within this distance are one control."
     )
+    rage_untargeted_min_clicks: int = Field(
+        18,
+        ge=3,
+        description="Clicks on one spot without a target (x/y only), each gap within "
+        "rage_max_gap_ms, that make a (weak) signal: three times rage_min_clicks, as people "
+        "click scroll arrows and spin boxes fast all the time.",
+    )
+    rage_untargeted_strength: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Weight of a rage-click signal from clicks without a target (x/y only). 0: "
+        "reported (metrics, outbox) but never part of a flag, as a third of real office sessions "
+        "have such a burst; 0.5: corroborates a signal of another kind. Below 1, so it never "
+        "flags alone.",
+    )
     rage_burst_min_clicks: int = Field(
         4, ge=2, description="Clicks that make a shorter burst for the repeated-bursts rule."
     )
@@ -268,6 +284,24 @@ class DetectionConfig(BaseModel):
     chat_weak_wait_ms: int = Field(
         60_000, gt=0, description="Waits from this long make a weak signal."
     )
+    chat_followup_min_messages: int = Field(
+        3,
+        ge=1,
+        description="Once an agent has answered, the client must have sent this many messages "
+        "with no reply before leaving to flag: one or two are a last word (thanks, ok).",
+    )
+    chat_followup_min_wait_ms: int = Field(
+        600_000,
+        gt=0,
+        description="Once an agent has answered, the client must also have waited this long "
+        "since the first unanswered follow-up to flag.",
+    )
+    chat_departure_gap_ms: int = Field(
+        1_000,
+        ge=0,
+        description="Ends by the same party within this long after an end that signalled are "
+        "one departure (a client leaving with several chats open): one signal, not one per chat.",
+    )
     chat_max_open_per_user: int = Field(
         4, ge=1, description="Open chats remembered per user (the oldest is forgotten)."
     )
@@ -335,6 +369,15 @@ class DetectionConfig(BaseModel):
         description="Half-life of the baseline (exponentially weighted mean of the window count "
         "per cause); frozen while the cause has an open incident.",
     )
+    incident_prior_per_1000_active: float = Field(
+        1.0,
+        ge=0,
+        description="What a fresh tracker assumes each cause was before it started watching, in "
+        "distinct flagged clients per incident_window_ms per 1000 active clients (whole "
+        "thousands); it weighs in the baseline as that time would (halved every "
+        "incident_baseline_half_life_ms watched), so a large platform's busy cause is not a "
+        "surge from zero. 1 is above the busiest cause of the simulator (0.4).",
+    )
     incident_close_users: int = Field(
         5,
         ge=0,
@@ -372,6 +415,8 @@ class DetectionConfig(BaseModel):
             raise ConfigurationError("login_weak_failures must be below login_min_failures")
         if self.chat_weak_wait_ms >= self.chat_min_wait_ms:
             raise ConfigurationError("chat_weak_wait_ms must be below chat_min_wait_ms")
+        if self.rage_untargeted_min_clicks < self.rage_min_clicks:
+            raise ConfigurationError("rage_untargeted_min_clicks must be at least rage_min_clicks")
         if self.rage_burst_min_clicks >= self.rage_min_clicks:
             raise ConfigurationError("rage_burst_min_clicks must be below rage_min_clicks")
         if not self.severity_medium <= self.severity_high <= self.severity_critical:

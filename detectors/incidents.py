@@ -7,7 +7,8 @@ Kafka runner feeds one tracker from several engines), counts flags per *cause ke
 opens an `Incident` when a cause surges, and attaches the flags it explains (`incident_id` on the
 flag) so the queue shows one incident item instead of one outreach item per client.
 
-Cause keys (`cause_key`), from the signal that triggered a flag emission (its last signal)::
+Cause keys (`cause_key`), from the signal that triggered a flag emission (its last full-strength
+signal; for a flag of weak signals only, its first: see `cause_signal`)::
 
     rage_click:<page>|<target, else label>      rage_click:/billing|#pay
     failed_logins:<reason of the last failure>  failed_logins:service_unavailable
@@ -40,7 +41,7 @@ from signals.flags import (
 from signals.incidents import Incident, IncidentStatus
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 #: How often (event time) idle causes and old attachments are swept out of memory.
 SWEEP_INTERVAL_MS = 3_600_000
@@ -74,9 +75,19 @@ def cause_key(signal: Signal) -> str:
     raise TypeError(f"unknown evidence {type(e).__name__}")
 
 
+def cause_signal(flag: Flag) -> Signal:
+    """The signal a flag emission is grouped by: the last full-strength one (the one that
+    triggered it, or the last that could flag alone); for a flag of weak signals only, the first
+    (the episode began with it, the later ones corroborated it)."""
+    for signal in reversed(flag.signals):
+        if signal.strength >= 1.0:
+            return signal
+    return flag.signals[0]
+
+
 def flag_cause(flag: Flag) -> str:
-    """The cause key of a flag emission: that of the signal that triggered it (the last one)."""
-    return cause_key(flag.signals[-1])
+    """The cause key of a flag emission: that of its `cause_signal`."""
+    return cause_key(cause_signal(flag))
 
 
 def flag_watermark(engine: DetectionEngine) -> int | None:
@@ -132,6 +143,8 @@ class CauseState:
     baseline: float = 0.0
     incident: IncidentState | None = None
     detail: str | None = None
+    closed: IncidentState | None = None  # the cause's last closed incident, for late victims
+    closed_ts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +174,12 @@ class IncidentTracker:
     **Surge.** Per cause key, the distinct clients flagged within `incident_window_ms` (5 min) are
     counted at every flag. The *baseline* is an exponentially weighted mean of that count, sampled
     at the end of every `incident_bucket_ms` (1 min) with a half-life of
-    `incident_baseline_half_life_ms` (1 h); a new cause starts at 0. An incident opens at the flag
+    `incident_baseline_half_life_ms` (1 h). A new cause starts at 0 on a small platform; at a
+    large one a fresh tracker must not take a busy cause for a surge from zero, so a new cause
+    starts at `incident_prior_per_1000_active` (1) clients per 1000 active clients
+    (`observe_active`), decayed by the time the tracker has watched without seeing it (so a
+    cause first seen hours after the start, an outage's new failure reason, starts near 0 and its
+    surge is news). An incident opens at the flag
     that brings the count to `incident_min_users` (25) *and* to `incident_surge_factor` (5) times
     the baseline. The baseline is frozen while the incident is open, so the incident never
     becomes the new normal; a slow rise carries the baseline with it and opens nothing.
@@ -171,13 +189,16 @@ class IncidentTracker:
     incident re-emits the earlier flags of that cause within the window (their latest emission,
     same `flag_id` and `update`) with the `incident_id` set. A flag stays in individual outreach,
     unattached, when its evidence is stronger than the incident explains: a severity of
-    `incident_individual_severity` (high) or more, or any signal of another cause (a client who
-    also left a chat unanswered is more than a victim of the login outage). A flag once attached
+    `incident_individual_severity` (high) or more, or any full signal of another cause (a client
+    who also left a chat unanswered is more than a victim of the login outage; a weak one, which
+    never flags alone, is not). A flag once attached
     stays attached (its later emissions too, even after the incident closed) while its evidence
     stays within the cause; a later emission with stronger evidence is emitted with
-    `incident_id=None`, which takes it back to individual outreach. Whether an agent already
-    claimed a flag is the queue's business, not the tracker's (the store keeps claimed flags with
-    their agent).
+    `incident_id=None`, which takes it back to individual outreach. A flag raised after the
+    incident closed, by evidence from while it was open (a weak lock-out during the outage,
+    corroborated later), joins the closed incident (re-emitted closed, with its counts). Whether
+    an agent already claimed a flag is the queue's business, not the tracker's (the store keeps
+    claimed flags with their agent).
 
     **Closing (hysteresis).** At every bucket end the window count of an open incident's cause is
     compared with max(`incident_close_users` (5), `incident_close_factor` (2) × baseline); once it
@@ -201,8 +222,10 @@ class IncidentTracker:
     flag's last emission, both in a way that never changes the output.
 
     **Limits.** The tracker sees flags, not signals: a client whose open flag is not re-emitted
-    (same kind, no severity rise within the renewal hour) is not counted again. The baseline of a
-    cause starts at 0, so until a busy cause has history only `incident_min_users` guards it.
+    (same kind, no severity rise within the renewal hour) is not counted again. Without
+    `observe_active` (the Kafka queue sink) a new cause starts at 0, so until a busy cause has
+    history only `incident_min_users` guards it; a fresh tracker started in the middle of an
+    outage at a large platform may take the outage for the usual level.
 
     Parameters
     ----------
@@ -256,6 +279,8 @@ class IncidentTracker:
         self._max_ts: int | None = None  # newest flag pushed
         self._released: int | None = None  # every flag older than this has been processed
         self._boundary: int | None = None  # last bucket end judged
+        self._started: int | None = None  # first bucket end: since when the tracker has watched
+        self._active = 0  # clients the engine holds state for, as last observed
         self._recent: dict[str, Flag] = {}  # latest emission per flag_id, within the window
         self._recent_order: deque[tuple[int, str]] = deque()
         self._last_sweep = 0
@@ -326,7 +351,7 @@ class IncidentTracker:
         target = upto - upto % bucket
         if self._boundary is None or target <= self._boundary:
             if self._boundary is None:
-                self._boundary = target
+                self._boundary = self._started = target
             return
         if self.open:  # without an open incident a bucket end changes nothing: causes roll lazily
             b = self._boundary + bucket
@@ -366,6 +391,8 @@ class IncidentTracker:
             self._join(incident, flag)
         elif self._surging(state):
             self._open(state, flag)
+        elif self._late_victim(state, flag):
+            self._join_closed(state, flag)
         else:
             self._emit(flag, None)
 
@@ -378,6 +405,28 @@ class IncidentTracker:
             bucket = self.config.incident_bucket_ms
             state = self.causes[cause] = CauseState(rolled_to=ts - ts % bucket, last_ts=ts)
         return state
+
+    def baseline(self, state: CauseState) -> float:
+        """The cause's baseline as judged: its learnt mean plus what the tracker assumes about
+        the time before it started watching, `incident_prior_per_1000_active` per 1000 clients
+        active now, weighted as the learnt mean weighs that time (halved every half-life the
+        tracker has watched). So at a platform of 30 000 active clients a fresh tracker does not
+        take a busy cause for a surge from zero, and a cause first seen hours after the start (an
+        outage's new failure reason) is judged against nearly 0: its surge is news."""
+        per_1000 = self.config.incident_prior_per_1000_active
+        thousands = self._active // 1000  # whole thousands: small streams keep a zero prior
+        started = self._started
+        if per_1000 <= 0 or thousands == 0 or started is None:
+            return state.baseline
+        watched = max(0, (state.rolled_to - started) // self.config.incident_bucket_ms)
+        weight: float = self._keep**watched
+        return state.baseline + per_1000 * thousands * weight
+
+    def observe_active(self, active_clients: int) -> None:
+        """How many clients are active now (the engine's users in memory), for `baseline`.
+        Runners without an engine at hand (the Kafka queue sink) do not call it: causes then
+        start from 0."""
+        self._active = max(0, active_clients)
 
     def _evict(self, state: CauseState, before: int) -> None:
         """Drop window entries at or before `before`."""
@@ -425,7 +474,7 @@ class IncidentTracker:
         state.users[flag.user_id] += 1
         state.last_ts = max(state.last_ts, ts)
         if state.detail is None:
-            e = flag.signals[-1].evidence
+            e = cause_signal(flag).evidence
             if isinstance(e, RageClickEvidence):
                 state.detail = e.label
         self._evict(state, state.last_ts - self.config.incident_window_ms)
@@ -433,13 +482,15 @@ class IncidentTracker:
     def _surging(self, state: CauseState) -> bool:
         c = self.config
         n = len(state.users)
-        return n >= c.incident_min_users and n >= c.incident_surge_factor * state.baseline
+        return n >= c.incident_min_users and n >= c.incident_surge_factor * self.baseline(state)
 
     def _explained(self, flag: Flag, cause: str) -> bool:
         """True when the incident of `cause` explains all of the flag's evidence."""
         if _RANK[flag.severity] >= _RANK[self.config.incident_individual_severity]:
             return False
-        return all(cause_key(s) == cause for s in flag.signals)
+        # A weak signal of another cause (an x/y-only click burst, a short chat wait) would never
+        # have flagged alone: it does not make the client more than a victim of the incident.
+        return all(cause_key(s) == cause or s.strength < 1.0 for s in flag.signals)
 
     def _open(self, state: CauseState, flag: Flag) -> None:
         cause = flag_cause(flag)
@@ -448,11 +499,11 @@ class IncidentTracker:
         incident = IncidentState(
             incident_id=incident_id(cause, ts),
             cause=cause,
-            kind=flag.signals[-1].kind,
+            kind=cause_signal(flag).kind,
             opened_ts=ts,
             first_seen_ts=live[0][0],
             last_seen_ts=ts,
-            baseline=state.baseline,
+            baseline=self.baseline(state),
             peak=len(state.users),
             detail=state.detail,
         )
@@ -485,6 +536,25 @@ class IncidentTracker:
             self.attached[latest.flag_id] = Attachment(incident.incident_id, cause, latest.ts)
             self._emit(latest, incident.incident_id)
         self._join(incident, flag)
+
+    def _late_victim(self, state: CauseState, flag: Flag) -> bool:
+        """A flag raised after its cause's incident closed by evidence from while it was open
+        (a weak lock-out during the outage, corroborated later): a victim of that incident."""
+        closed = state.closed
+        if closed is None or not self._explained(flag, closed.cause):
+            return False
+        signal_ts = cause_signal(flag).ts
+        return closed.first_seen_ts <= signal_ts <= state.closed_ts
+
+    def _join_closed(self, state: CauseState, flag: Flag) -> None:
+        closed = state.closed
+        assert closed is not None
+        closed.users.add(flag.user_id)
+        closed.individual.discard(flag.user_id)
+        self.attached[flag.flag_id] = Attachment(closed.incident_id, closed.cause, flag.ts)
+        self._emit(flag, closed.incident_id)
+        closed.update += 1
+        self.outbox.append(self._record(closed, flag.ts, "closed", closed_ts=state.closed_ts))
 
     def _join(self, incident: IncidentState, flag: Flag) -> None:
         """A flag of the incident's cause while it is open."""
@@ -523,6 +593,7 @@ class IncidentTracker:
     def _close(self, incident: IncidentState, state: CauseState, boundary: int) -> None:
         del self.open[incident.cause]
         state.incident = None
+        state.closed, state.closed_ts = incident, boundary
         self.stats.closed[incident.kind] += 1
         incident.update += 1
         self.outbox.append(self._record(incident, boundary, "closed", closed_ts=boundary))
@@ -621,6 +692,8 @@ class IncidentTracker:
             self._max_ts,
             self._released,
             self._boundary,
+            self._started,
+            self._active,
             self._recent,
             self._recent_order,
             self._last_sweep,
@@ -638,6 +711,8 @@ class IncidentTracker:
             self._max_ts,
             self._released,
             self._boundary,
+            self._started,
+            self._active,
             self._recent,
             self._recent_order,
             self._last_sweep,

@@ -45,12 +45,18 @@ class FlagScorer:
     at most `weak_kind_cap` (0.5), so weak signals of one kind never flag alone; with signals of two
     or more kinds the sum is multiplied by `corroboration_factor` (1.5). A user is flagged at
     `flag_threshold` (1.0): one full signal, or two weak ones of different kinds close together.
-    Severity: low from 1.0, medium from 1.5, high from 3.0, critical from 5.0.
+    A signal of strength 0 (configured to carry no weight) is ignored. Severity is judged on the
+    full signals only (times `corroboration_factor` when of two or more
+    kinds): low from 1.0 (and for a flag that weak signals made together), medium from 1.5,
+    high from 3.0, critical from 5.0. So a weak signal never raises the severity.
 
     One open flag per user: signals within `flag_cooldown_ms` (24 h) of the flag's last signal
     join it. The flag is re-emitted (same `flag_id`, `update` + 1) when its severity rises, when a
-    signal of a new kind joins, or when a signal arrives `flag_renewal_ms` (1 h) or more after the
-    last emission (new frustration: one severity step up). A new `flag_id` only after the cooldown.
+    signal of a new kind joins, or when a full signal arrives `flag_renewal_ms` (1 h) or more after
+    the last emission (new frustration). Every emission's severity is that of its score, so the
+    same evidence gets the same severity whatever came before it (a renewal hours later is judged
+    on its own evidence, not stepped up from the last emission); a weak signal never raises the
+    severity and never renews a flag on its own. A new `flag_id` only after the cooldown.
 
     Examples
     --------
@@ -76,20 +82,36 @@ class FlagScorer:
 
     def score(self, state: ScoreState, now_ms: int) -> float:
         """The user's score at event time `now_ms` (signals after it are not counted)."""
+        return self._scores(state, now_ms)[0]
+
+    def severity_score(self, state: ScoreState, now_ms: int) -> float:
+        """The score of the kinds with a full signal only (weak-only kinds and the corroboration
+        they bring left out): what severity is judged on, so a weak signal never raises it."""
+        return self._scores(state, now_ms)[1]
+
+    def _scores(self, state: ScoreState, now_ms: int) -> tuple[float, float]:
         c = self.config
         by_kind: dict[str, float] = {}
-        strong: set[str] = set()
+        full_by_kind: dict[str, float] = {}  # full signals only
         for s in state.signals:
             if s.ts > now_ms:
                 continue
             decayed = s.strength * 0.5 ** ((now_ms - s.ts) / c.score_half_life_ms)
             by_kind[s.kind] = by_kind.get(s.kind, 0.0) + decayed
             if s.strength >= 1.0:
-                strong.add(s.kind)
-        total = sum(v if k in strong else min(v, c.weak_kind_cap) for k, v in by_kind.items())
+                full_by_kind[s.kind] = full_by_kind.get(s.kind, 0.0) + decayed
+        total = sum(v if k in full_by_kind else min(v, c.weak_kind_cap) for k, v in by_kind.items())
         if len(by_kind) >= 2:
             total *= c.corroboration_factor
-        return total
+        full = sum(full_by_kind.values())
+        if len(full_by_kind) >= 2:
+            full *= c.corroboration_factor
+        return total, full
+
+    def flag_severity(self, state: ScoreState, now_ms: int) -> Severity:
+        """Severity of the evidence at `now_ms`: from the full signals' score; low when only
+        weak signals together made the flag."""
+        return self.severity(self.severity_score(state, now_ms))
 
     def severity(self, score: float) -> Severity:
         c = self.config
@@ -104,6 +126,8 @@ class FlagScorer:
     def add(self, state: ScoreState, user_id: str, signal: Signal) -> Flag | None:
         """Add one signal (in event-time order); return the flag to emit, if any."""
         c = self.config
+        if signal.strength <= 0:
+            return None  # configured to carry no weight (e.g. rage_untargeted_strength=0)
         now = signal.ts
         # Forget signals whose contribution has decayed below 1 % (about 6.6 half-lives).
         horizon = now - int(6.65 * c.score_half_life_ms)
@@ -117,20 +141,21 @@ class FlagScorer:
             state.flag_id = _flag_id(user_id, now)
             state.opened_ts = now
             state.updates = 0
-            state.severity = self.severity(score)
+            state.severity = self.flag_severity(state, now)
             state.kinds = frozenset({signal.kind})
             state.flag_signals = list(state.signals)  # every signal the score was built from
             return self._emit(state, user_id, signal, score)
         assert state.severity is not None
         state.flag_signals.append(signal)
         state.last_signal_ts = now
-        new_severity = max(state.severity, self.severity(score), key=_RANK.__getitem__)
-        renewed = now - state.last_emit_ts >= c.flag_renewal_ms
-        if renewed:
-            step_up = SEVERITIES[min(_RANK[state.severity] + 1, len(SEVERITIES) - 1)]
-            new_severity = max(new_severity, step_up, key=_RANK.__getitem__)
+        # Severity is that of the evidence now (the decayed score), whatever was emitted before,
+        # so the same evidence always gets the same severity; a weak signal never raises it.
+        weak = signal.strength < 1.0
+        new_severity = self.flag_severity(state, now)  # weak signals do not count in it
+        rises = _RANK[new_severity] > _RANK[state.severity]
+        renewed = not weak and now - state.last_emit_ts >= c.flag_renewal_ms
         new_kind = signal.kind not in state.kinds
-        if not (renewed or new_kind or new_severity != state.severity):
+        if not (renewed or new_kind or rises):
             return None
         state.severity = new_severity
         state.kinds = state.kinds | {signal.kind}

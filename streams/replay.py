@@ -183,6 +183,7 @@ class Replay:
                 self.on_incident(_to_json(out))
 
     def _route(self, outputs: list[Output]) -> None:
+        self.tracker.observe_active(len(self.engine.users))
         push_flag = self.tracker.push
         for out in outputs:
             if isinstance(out, Flag):

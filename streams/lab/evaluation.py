@@ -217,8 +217,8 @@ def lookalike_report(result: ReplayResult, truth: list[dict[str, Any]]) -> list[
     flagged = {f["user_id"] for f in result.flags}
     users: dict[str, set[str]] = {}
     for t in truth:
-        if t.get("frustrated"):
-            continue
+        if t.get("frustrated") or t.get("outage"):
+            continue  # an outage client flagged is a true flag of the outage, not a look-alike's
         labels = list(t.get("lookalikes", []))
         if t.get("credential_stuffing_victim"):
             labels.append("credential_stuffing_victim")

@@ -2,8 +2,10 @@
 
 Most users do ordinary things at human pace, including the benign look-alikes that fool simple
 rage-click rules (double-clicks, triple-click text selection, steppers, carousels, calendar
-chevrons, sliders, tabs, quick navigation, a control clicked three or four times in impatience),
-typo'd logins that then succeed, chats answered in time, chats closed at once. A few percent are
+chevrons, sliders, tabs, quick navigation, a control clicked three or four times in impatience,
+one spot clicked fast with no target as real office sessions show),
+typo'd logins that then succeed, chats answered in time, chats closed at once, answered clients
+who say a last word and leave much later. A few percent are
 in a frustration episode: a broken control hammered (in one long burst, or in several short ones),
 a lock-out, a chat abandoned while waiting, or two weaker signs together. One attacker IP tries
 credential stuffing against many accounts: those accounts are victims, not frustrated. Two
@@ -302,9 +304,10 @@ class Simulator:
     def _ordinary_action(self, u: _User) -> None:
         rng = self.rng
         kind = rng.choices(
-            ["click", "double", "triple", "stepper", "tabs", "nav", "impatient", "chat", "quick"],
-            [88, 2.5, 1.5, 2, 0.7, 1, 1.2, 2.5, 0.6],
-        )[0]
+            ["click", "double", "triple", "stepper", "tabs", "nav", "impatient", "chat", "quick",
+             "spot"],
+            [88, 2.5, 1.5, 2, 0.7, 1, 1.2, 2.5, 0.6, 0.8],
+        )[0]  # fmt: skip
         if kind == "click":
             u.click(rng.choice(_CONTROLS))
         elif kind == "double":
@@ -356,6 +359,17 @@ class Simulator:
                 u.wait(150, 500)
         elif kind == "chat":
             self._ordinary_chat(u)
+        elif kind == "spot":
+            # As in real office sessions (Balabit): one spot clicked fast 6-40 times (a scroll
+            # arrow, a spin box), sent by a source that gives x/y and no target. Bursts of 18+
+            # make a weak signal, which must not flag these ordinary users alone.
+            u.truth.lookalikes.append("untargeted_fast_clicks")
+            x, y = rng.uniform(50, 1200), rng.uniform(50, 800)
+            for _ in range(rng.randint(6, 40)):
+                u.emit(
+                    type="click", x=round(x + rng.uniform(-4, 4)), y=round(y + rng.uniform(-4, 4))
+                )
+                u.wait(90, 450)
         else:
             u.truth.lookalikes.append("chat_opened_and_closed")
             chat_id = f"c-{u.user_id}-{u.t}"
@@ -400,6 +414,15 @@ class Simulator:
             u.chat(chat_id, "message", sender="user")
             u.wait(5_000, 45_000)
             u.chat(chat_id, "end", ended_by="user")
+        elif r < 0.25:
+            # Real answered askers (issue 11): a last word or two ("thanks", "ok, I'll try that"),
+            # then they leave 2-35 min later, or the chat times out.
+            u.truth.lookalikes.append("answered_then_left")
+            for _ in range(rng.randint(1, 2)):
+                u.chat(chat_id, "message", sender="user")
+                u.wait(3_000, 40_000)
+            u.wait(120_000, 2_100_000)
+            u.chat(chat_id, "end", ended_by=rng.choice(["user", "user", "timeout"]))
         else:
             u.chat(chat_id, "end", ended_by=rng.choice(["user", "agent", "agent"]))
 
@@ -445,15 +468,22 @@ class Simulator:
         chat_id = f"c-{u.user_id}-{u.t}"
         u.chat(chat_id, "start", channel="support")
         start = u.wait(2_000, 10_000)
-        if rng.random() < 0.4:  # answered once, then left waiting
+        if rng.random() < 0.4:
+            # Answered once, then asked again and again with no reply (one or two messages after
+            # an answer are a last word, see `_ordinary_chat`): left waiting 10-25 min.
             u.chat(chat_id, "message", sender="user")
             u.wait(10_000, 50_000)
             u.chat(chat_id, "message", sender="agent")
             start = u.wait(5_000, 30_000)
-        for _ in range(rng.randint(1, 4)):
-            u.chat(chat_id, "message", sender="user")
-            u.wait(20_000, 90_000)
-        u.t = max(u.t, start + int(rng.uniform(150_000, 900_000)))
+            for _ in range(rng.randint(3, 5)):
+                u.chat(chat_id, "message", sender="user")
+                u.wait(60_000, 240_000)
+            u.t = max(u.t, start + int(rng.uniform(620_000, 1_500_000)))
+        else:
+            for _ in range(rng.randint(1, 4)):
+                u.chat(chat_id, "message", sender="user")
+                u.wait(20_000, 90_000)
+            u.t = max(u.t, start + int(rng.uniform(150_000, 900_000)))
         u.chat(chat_id, "end", ended_by=rng.choices(["user", "timeout", "system"], [6, 3, 1])[0])
         u.truth.episodes.append(Episode("abrupt_chat_end", start, u.t))
 

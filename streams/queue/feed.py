@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.engine import DetectionEngine, LateEvent, Output
-from detectors.incidents import IncidentTracker
+from detectors.incidents import IncidentTracker, cause_signal
 from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
 from signals.incidents import Incident
 from streams.event_time import idle_advance_target
@@ -83,6 +83,8 @@ class QueueFeed:
         """An engine's outputs: flags through the incident tracker, the rest straight on; the
         tracker's event time follows the engine's (`flag_watermark_ms`)."""
         tracker = self.tracker
+        if self.engine is not None:
+            tracker.observe_active(len(self.engine.users))
         others: list[Output] = []
         for out in outputs:
             if isinstance(out, Flag):
@@ -139,7 +141,7 @@ class QueueFeed:
                         self.metrics.flag_escalated(out.severity)
                     self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
                 if change.grouped_into is not None:
-                    self.metrics.incident_flag_grouped(out.signals[-1].kind)
+                    self.metrics.incident_flag_grouped(cause_signal(out).kind)
             elif isinstance(out, Incident):
                 self._incident(out)
             elif isinstance(out, Signal):

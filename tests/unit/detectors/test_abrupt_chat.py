@@ -91,7 +91,52 @@ def test_evidence_keeps_the_channel_given_when_the_chat_started() -> None:
     assert evidence(signals[0]).channel == "billing"
 
 
-def test_client_left_waiting_after_an_earlier_answer_flags() -> None:
+def test_answered_client_who_said_a_last_word_and_left_later_does_not_flag() -> None:
+    # Issue 11: real answered askers say "thanks" or "ok" and leave 3-34 min later.
+    for wait in (3 * MINUTE, 34 * MINUTE):
+        events = [
+            start(0),
+            msg(SECOND, "user"),
+            msg(30 * SECOND, "agent"),
+            msg(60 * SECOND, "user"),
+            end(60 * SECOND + wait, "timeout"),
+        ]
+        assert chat_signals(events) == []
+
+
+def test_answered_client_with_two_unanswered_follow_ups_does_not_flag() -> None:
+    events = [
+        start(0),
+        msg(SECOND, "user"),
+        msg(30 * SECOND, "agent"),
+        msg(MINUTE, "user"),
+        msg(2 * MINUTE, "user"),
+        end(30 * MINUTE, "user"),
+    ]
+    assert chat_signals(events) == []
+
+
+def test_answered_client_who_kept_asking_and_waited_10_minutes_flags() -> None:
+    events = [
+        start(0),
+        msg(SECOND, "user"),
+        msg(30 * SECOND, "agent"),
+        msg(MINUTE, "user"),
+        msg(3 * MINUTE, "user"),
+        msg(6 * MINUTE, "user"),
+        end(11 * MINUTE, "user"),
+    ]
+    signals = chat_signals(events)
+    assert len(signals) == 1
+    ev = evidence(signals[0])
+    assert (ev.waited_ms, ev.agent_messages, ev.unanswered_messages) == (10 * MINUTE, 1, 3)
+    # One minute less of waiting, or one follow-up less, is a last word, not abandonment.
+    assert chat_signals([*events[:-1], end(11 * MINUTE - 1, "user")]) == []
+    assert chat_signals([*events[:4], *events[5:]]) == []
+
+
+def test_answered_follow_up_thresholds_come_from_the_config() -> None:
+    config = DetectionConfig(chat_followup_min_messages=1, chat_followup_min_wait_ms=3 * MINUTE)
     events = [
         start(0),
         msg(SECOND, "user"),
@@ -99,10 +144,25 @@ def test_client_left_waiting_after_an_earlier_answer_flags() -> None:
         msg(60 * SECOND, "user"),
         end(60 * SECOND + 3 * MINUTE, "timeout"),
     ]
+    assert len(chat_signals(events, config)) == 1
+
+
+def test_one_departure_ending_several_waiting_chats_is_one_signal() -> None:
+    # Issue 11: an asker who left once with 3 chats open got 3 signals summed to critical.
+    events = [start(0, c) for c in "abc"]
+    events += [msg(SECOND, "user", c) for c in "abc"]
+    events += [end(10 * MINUTE, "user", c) for c in "abc"]
     signals = chat_signals(events)
-    assert len(signals) == 1
-    ev = evidence(signals[0])
-    assert (ev.waited_ms, ev.agent_messages, ev.unanswered_messages) == (3 * MINUTE, 1, 1)
+    assert len(signals) == 1 and evidence(signals[0]).chat_id == "a"
+    flags = engine_flags(events)
+    assert len(flags) == 1 and len(flags[0].signals) == 1
+    assert flags[0].severity == "medium"  # one 10-minute wait (1.8), not three summed (critical)
+
+
+def test_a_later_departure_is_a_new_signal() -> None:
+    events = [*waiting_chat(0, 3 * MINUTE, chat_id="a")]
+    events += waiting_chat(3 * MINUTE + 2 * SECOND, 3 * MINUTE, chat_id="b")
+    assert [evidence(s).chat_id for s in chat_signals(events)] == ["a", "b"]
 
 
 def test_chat_without_start_event_is_still_judged() -> None:

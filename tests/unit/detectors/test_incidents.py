@@ -433,3 +433,100 @@ def test_thresholds_are_settings() -> None:
     (incident,) = last_incident(run(outage(10, spacing=5 * SECOND), config)).values()
     assert incident.affected_users == 10 and incident.window_ms == 60_000
     assert incidents_of(run(outage(10, spacing=5 * SECOND))) == []
+
+
+def weak_xy_burst(ts: int) -> Signal:
+    """A weak rage-click signal of clicks without a target (x/y only)."""
+    base = rage_signal(ts, page=None, target=None)
+    evidence = base.evidence.model_copy(update={"label": None})
+    return base.model_copy(update={"strength": 0.5, "evidence": evidence})
+
+
+def test_a_victim_flagged_after_the_close_by_evidence_from_the_outage_joins_it() -> None:
+    # Issue 11: a client gave up logging in during the outage (weak) and was flagged only later,
+    # when a weak x/y click burst corroborated it: a victim of the outage, not a separate case.
+    flags = outage(40)
+    tracker = IncidentTracker()
+    for f in flags:
+        tracker.push(f)
+    tracker.advance_watermark(flags[-1].ts + 30 * MINUTE)
+    (closed,) = last_incident(tracker.drain()).values()
+    assert closed.status == "closed" and closed.closed_ts is not None
+    during = flags[-1].ts - MINUTE
+    late = closed.closed_ts + 5 * MINUTE
+    victim = flag("v1", late, login_signal(during, strength=0.5), weak_xy_burst(late))
+    tracker.push(victim)
+    tracker.flush()
+    out = tracker.drain()
+    assert placement(out)["flg_v1"] == closed.incident_id
+    (record,) = incidents_of(out)
+    assert record.status == "closed" and record.affected_users == closed.affected_users + 1
+    assert record.update == closed.update + 1
+    # evidence from after the close, or a full signal of another cause, stays individual
+    after = flag("v2", late, login_signal(late, strength=0.5), weak_xy_burst(late))
+    other = flag("v3", late, login_signal(during, strength=0.5), rage_signal(late))
+    out = run([*flags, after, other])
+    assert placement(out)["flg_v2"] is None and placement(out)["flg_v3"] is None
+
+
+def test_a_weak_signal_of_another_cause_does_not_take_a_flag_out_of_the_incident() -> None:
+    flags = outage(30)
+    mixed = flag(
+        "m1",
+        flags[-1].ts + SECOND,
+        weak_xy_burst(flags[-1].ts),
+        login_signal(flags[-1].ts + SECOND),
+    )
+    out = run([*flags, mixed])
+    (incident,) = last_incident(out).values()
+    assert placement(out)["flg_m1"] == incident.incident_id
+
+
+# -- issue 11: a fresh tracker at a large platform -------------------------------------------------
+def busy_chat_cause_with_a_peak() -> list[Flag]:
+    """A cause busy from the start (12 clients per 5 min), and 30 within 5 min at minute 30."""
+    steady = [flag(f"b{i:05d}", T0 + i * 25 * SECOND, chat_signal(T0 + i * 25 * SECOND))
+              for i in range(int(HOUR / (25 * SECOND)))]  # fmt: skip
+    peak_at = T0 + 30 * MINUTE
+    peak = [flag(f"p{i:03d}", peak_at + i * 8 * SECOND, chat_signal(peak_at + i * 8 * SECOND))
+            for i in range(20)]  # fmt: skip
+    return sorted(steady + peak, key=lambda f: (f.ts, f.flag_id))
+
+
+def run_active(flags: list[Flag], active: int) -> list[TrackerOutput]:
+    """`flags` through a tracker watching since T0 with `active` clients active."""
+    tracker = IncidentTracker()
+    tracker.advance_watermark(T0)
+    tracker.observe_active(active)
+    for f in flags:
+        tracker.push(f)
+    tracker.flush()
+    return tracker.drain()
+
+
+def test_a_busy_cause_at_a_large_platform_is_no_surge_from_zero() -> None:
+    # Issue 11: 30 000 users, no outage, an abrupt_chat_end incident open 70 min. Counted from a
+    # baseline of zero the busy cause surges; with 30 000 active clients it does not.
+    flags = busy_chat_cause_with_a_peak()
+    assert len(last_incident(run_active(flags, 0))) == 1  # what a zero start does
+    assert incidents_of(run_active(flags, 30_000)) == []
+
+
+def test_an_outage_hours_after_the_start_of_a_large_platform_still_opens() -> None:
+    flags = outage(60, start=2 * HOUR)
+    (incident,) = last_incident(run_active(flags, 30_000)).values()
+    assert incident.cause == OUTAGE and incident.affected_users == 60
+    # and the prior shows in the baseline it was judged against: 30 x 2^-2 per 5 min
+    assert incident.baseline_rate * 5 == pytest.approx(7.5, rel=0.05)
+
+
+def test_the_prior_comes_from_the_config_and_whole_thousands() -> None:
+    flags = busy_chat_cause_with_a_peak()
+    assert len(last_incident(run_active(flags, 999))) == 1  # under a thousand: no prior
+    config = DetectionConfig(incident_prior_per_1000_active=0)
+    tracker = IncidentTracker(config)
+    tracker.observe_active(30_000)
+    for f in flags:
+        tracker.push(f)
+    tracker.flush()
+    assert len(last_incident(tracker.drain())) == 1

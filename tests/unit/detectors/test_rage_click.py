@@ -9,8 +9,9 @@ import pytest
 from detectors.config import DetectionConfig
 from detectors.rage_click import RageClickDetector, RageClickState
 from signals.events import ClickEvent
+from signals.exceptions import ConfigurationError
 from signals.flags import RageClickEvidence, Signal
-from tests.unit.builders import SECOND, click, clicks, engine_flags, learn_all
+from tests.unit.builders import SECOND, click, clicks, engine_flags, learn_all, waiting_chat
 
 
 def rage_signals(events: Iterable[ClickEvent], config: DetectionConfig | None = None) -> list:
@@ -78,7 +79,8 @@ def test_gaps_count_not_total_span_six_clicks_within_1s_with_one_700ms_gap_do_no
 
 def test_burst_that_keeps_going_signals_again_every_six_further_clicks() -> None:
     signals = rage_signals(clicks(0, 13, 200))
-    assert [evidence(s).clicks for s in signals] == [6, 6]
+    # Issue 11: each signal's evidence is the whole burst so far (was [6, 6]: the last six).
+    assert [evidence(s).clicks for s in signals] == [6, 12]
     flags = engine_flags(clicks(0, 13, 200))
     assert len({f.flag_id for f in flags}) == 1  # one open flag per user
 
@@ -135,15 +137,63 @@ def test_bursts_of_three_clicks_do_not_count() -> None:
 
 
 def test_clicks_without_target_within_30px_are_one_control() -> None:
-    events = [click(i * 300, target=None, x=500 + (i % 2) * 15, y=300 + (i % 2) * 15)
-              for i in range(6)]  # fmt: skip
+    events = [
+        click(i * 300, target=None, x=500 + (i % 2) * 15, y=300 + (i % 2) * 15) for i in range(18)
+    ]  # fmt: skip  (18: without a target it takes 3x the clicks)
     assert len(rage_signals(events)) == 1
 
 
-def test_clicks_without_target_drifting_slowly_stay_one_control() -> None:
-    # each click within 30 px of the previous one (that is the rule)
-    events = [click(i * 300, target=None, x=500 + 20 * i, y=300) for i in range(6)]
+def test_clicks_without_target_walking_down_a_list_are_not_one_control() -> None:
+    # Issue 11: a control without a target is a fixed place (the burst's first click and a
+    # radius), never a chain of clicks 20 px apart walking down a list. (Was: one control.)
+    events = [click(i * 300, target=None, x=500, y=300 + 20 * i) for i in range(12)]
+    assert rage_signals(events) == []
+
+
+def test_clicks_without_target_jittering_around_the_first_click_stay_one_control() -> None:
+    offsets = [0, 12, -12, 25, -25, 10, 0, 20, 5] * 2
+    events = [click(i * 300, target=None, x=500 + dx, y=300) for i, dx in enumerate(offsets)]
     assert len(rage_signals(events)) == 1
+
+
+def test_burst_without_target_is_reported_but_never_flags() -> None:
+    # Issue 11: real people at work click one spot fast routinely (Balabit sessions).
+    events = [click(i * 200, target=None, x=500, y=300) for i in range(60)]
+    signals = rage_signals(events)
+    assert signals and {s.strength for s in signals} == {0.0}
+    assert engine_flags(events) == []
+    # ... nor corroborates a weak signal of another kind by default
+    assert engine_flags([*events[:18], *waiting_chat(5 * SECOND, 90 * SECOND)]) == []
+
+
+def test_burst_without_target_needs_18_clicks_for_a_signal() -> None:
+    events = [click(i * 200, target=None, x=500, y=300) for i in range(18)]
+    assert len(rage_signals(events[:-1])) == 0
+    assert [evidence(s).clicks for s in rage_signals(events)] == [18]
+    # ... and the repeated-bursts rule needs a target
+    bursts = [e for k in range(4) for e in clicks(k * 15 * SECOND, 5, 250, target=None, x=9, y=9)]
+    assert rage_signals(bursts) == []
+
+
+def test_burst_without_target_given_weight_corroborates_but_never_flags_alone() -> None:
+    config = DetectionConfig(rage_untargeted_strength=0.5)
+    burst: list = [click(i * 200, target=None, x=500, y=300) for i in range(60)]
+    assert {s.strength for s in rage_signals(burst, config)} == {0.5}
+    assert engine_flags(burst, config) == []
+    events = [*burst[:18], *waiting_chat(5 * SECOND, 90 * SECOND)]  # a weak chat (90 s)
+    flags = engine_flags(events, config)
+    assert len(flags) == 1 and flags[0].severity == "low"
+    assert {s.kind for s in flags[0].signals} == {"rage_click", "abrupt_chat_end"}
+
+
+def test_untargeted_settings_come_from_the_config_and_stay_weak() -> None:
+    events = [click(i * 200, target=None, x=500, y=300) for i in range(6)]
+    config = DetectionConfig(rage_untargeted_strength=0.9, rage_untargeted_min_clicks=6)
+    assert [s.strength for s in rage_signals(events, config)] == [0.9]
+    with pytest.raises(ValueError):
+        DetectionConfig(rage_untargeted_strength=1.0)  # would flag alone
+    with pytest.raises(ConfigurationError):
+        DetectionConfig(rage_untargeted_min_clicks=5)  # below the targeted rule
 
 
 def test_clicks_without_target_31px_apart_are_different_controls() -> None:

@@ -10,6 +10,7 @@ import pytest
 from detectors.config import DetectionConfig
 from detectors.scoring import FlagScorer, ScoreState
 from signals.flags import (
+    SEVERITIES,
     AbruptChatEvidence,
     FailedLoginEvidence,
     Flag,
@@ -326,3 +327,48 @@ def test_reason_describes_every_kind_of_the_flag() -> None:
     assert "clicked “Pay now” 6 times" in reason
     assert "failed to log in 5 times" in reason
     assert "chat after waiting 4 min" in reason
+
+
+# -- issue 11: weak signals, consistent severity, the whole episode in the reason -----------------
+def test_a_weak_signal_hours_later_never_raises_the_severity() -> None:
+    # Issue 11: a 4-failure weak give-up 11 h after the last emission re-emitted high -> critical.
+    flags = feed(
+        [sig("rage_click", 0, 2.0), sig("rage_click", 0, 2.0), sig("failed_logins", 11 * HOUR, 0.5)]
+    )
+    severities = [SEVERITIES.index(f.severity) for f in flags]
+    assert flags[-2].severity == "high"  # the two rage signals together
+    assert severities[-1] <= severities[-2]
+    assert flags[-1].score == 0.5 and flags[-1].severity == "low"  # its own evidence: low
+
+
+def test_a_weak_signal_does_not_renew_a_flag() -> None:
+    flags = feed([sig("rage_click", 0), sig("rage_click", 3 * HOUR, 0.5)])
+    assert len(flags) == 1
+
+
+def test_the_same_evidence_gets_the_same_severity_whatever_came_before() -> None:
+    # One full signal is low on its own; 2 h after an earlier flag it is still low (not a step up).
+    alone = feed([sig("rage_click", 0)])
+    after = feed([sig("rage_click", 0, 2.0), sig("rage_click", 2 * HOUR)])
+    assert alone[0].severity == "low"
+    assert after[0].severity == "medium" and after[-1].severity == "low"
+    assert after[-1].flag_id == after[0].flag_id
+
+
+def test_the_reason_describes_the_whole_burst_not_its_last_six_clicks() -> None:
+    flags = engine_flags(clicks(0, 12, 250))
+    assert "12 times" in flags[-1].reason
+    assert flags[-1].signals[-1].evidence.clicks == 12  # type: ignore[union-attr]
+
+
+def test_a_weak_signal_of_another_kind_does_not_raise_the_severity_by_corroboration() -> None:
+    # 2.0 alone is medium; a weak x/y click burst 15 min earlier once made it high (x 1.5).
+    alone = feed([sig("abrupt_chat_end", 15 * MINUTE, 2.0)])
+    with_weak = feed([sig("rage_click", 0, 0.5), sig("abrupt_chat_end", 15 * MINUTE, 2.0)])
+    assert alone[-1].severity == with_weak[-1].severity == "medium"
+    assert with_weak[-1].score > alone[-1].score  # the score still shows the corroboration
+
+
+def test_weak_signals_of_a_kind_with_a_full_signal_do_not_raise_the_severity() -> None:
+    flags = feed([sig("rage_click", 0), *(sig("rage_click", i * SECOND, 0.5) for i in range(1, 6))])
+    assert [f.severity for f in flags] == ["low"]
