@@ -15,7 +15,7 @@ from detectors.failed_login import SourceVerdict
 from signals.events import LoginEvent
 from signals.flags import SecurityAlert
 
-Rule = Literal["volume", "pace", "parallel"]
+Rule = Literal["volume", "pace", "rhythm", "parallel"]
 
 
 @dataclass(slots=True)
@@ -36,6 +36,9 @@ class BruteForceDetector:
     - pace: the last `brute_force_pace_attempts` (5) attempts (failures at least
       `login_merge_gap_ms` apart) with a median gap under `brute_force_max_median_gap_ms` (3 s):
       a person reads the error and retypes a password, sshd scanners retry every 2 s;
+    - rhythm: the last `brute_force_rhythm_attempts` (6) attempts evenly spaced, every gap
+      within `brute_force_rhythm_max_jitter_ms` (1 s) of the others, at any pace: a script's
+      timer (a real scanner tried `root` every 3.0 s); people are never that regular;
     - parallel: `brute_force_parallel_failures` (4) failures within `brute_force_parallel_ms`
       (1 s): parallel connections; a double or triple submit is 2 or 3.
 
@@ -43,7 +46,8 @@ class BruteForceDetector:
     from the hammered account's first failure in the window until `brute_force_hold_ms` (1 h)
     after the IP's last failure; `FailedLoginDetector` then leaves that IP's failures out.
 
-    Where it fails: a slow attack at human pace and volume (one try a minute) looks like a person;
+    Where it fails: a slow, irregular attack at human pace and volume (one try a minute, with
+    jitter) looks like a person;
     a person hammering the button of a broken login page (4 submits within a second) is marked.
 
     Cost: O(failures of the IP in the window) per failure; state is kept per IP, not per user.
@@ -165,6 +169,11 @@ class BruteForceDetector:
             gaps = [b - a for a, b in itertools.pairwise(last)]
             if statistics.median(gaps) < c.brute_force_max_median_gap_ms:
                 return "pace", last[0], len([t for t in times if t >= last[0]])
+        last = attempts[-c.brute_force_rhythm_attempts :]
+        if len(last) == c.brute_force_rhythm_attempts:
+            gaps = [b - a for a, b in itertools.pairwise(last)]
+            if max(gaps) - min(gaps) <= c.brute_force_rhythm_max_jitter_ms:
+                return "rhythm", last[0], len([t for t in times if t >= last[0]])
         return None, 0, 0
 
     def is_attack(self, state: BruteForceState, ts: int) -> bool:

@@ -190,6 +190,19 @@ class DetectionConfig(BaseModel):
         description="Machine pace: the median gap of the last brute_force_pace_attempts attempts "
         "below this (a person needs longer to read the error and retype a password).",
     )
+    brute_force_rhythm_attempts: int = Field(
+        6,
+        ge=3,
+        description="Attempts of one account from one IP whose gaps are judged for a machine's "
+        "even rhythm (brute_force_rhythm_max_jitter_ms).",
+    )
+    brute_force_rhythm_max_jitter_ms: int = Field(
+        1_000,
+        ge=0,
+        description="Machine rhythm: the last brute_force_rhythm_attempts attempts with every "
+        "gap within this of the others, at any pace (a person is never that regular; sshd logs "
+        "have whole seconds, so 1 s is the finest a log can tell).",
+    )
     brute_force_parallel_failures: int = Field(
         4,
         ge=2,
@@ -209,6 +222,13 @@ class DetectionConfig(BaseModel):
     # -- credential stuffing ----------------------------------------------------------------------
     stuffing_min_accounts: int = Field(
         15, ge=2, description="Distinct accounts failing from one IP that make it an attack."
+    )
+    stuffing_min_unknown_accounts: int = Field(
+        5,
+        ge=2,
+        description="Distinct accounts that do not exist (login_nonexistent_account_reasons) "
+        "failing from one IP within stuffing_window_ms that make it an attack: a person "
+        "mistypes their own user name once or twice, a scanner walks a list of names.",
     )
     stuffing_window_ms: int = Field(300_000, gt=0, description="Window for counting accounts.")
     stuffing_suspect_accounts: int = Field(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from detectors.config import DetectionConfig
 from detectors.failed_login import SourceVerdict
 from signals.events import LoginEvent
-from signals.flags import SecurityAlert
+from signals.flags import SecurityAlert, SecurityAlertKind
 
 
 @dataclass(slots=True)
@@ -22,6 +22,9 @@ class SourceState:
     attack_until: int = -1  # event time until which the IP counts as an attacker
     alert_first_ts: int = -1  # first failure of the attack that was alerted
     last_ts: int = 0
+    unknown: list[tuple[int, str]] = field(default_factory=list)  # failures for no such account
+    scan_until: int = -1  # the same two, for the account-scan rule
+    scan_first_ts: int = -1
 
 
 class CredentialStuffingDetector:
@@ -32,8 +35,16 @@ class CredentialStuffingDetector:
     `stuffing_hold_ms`), and marks the IP as an attacker until `stuffing_hold_ms` after its last
     failure; `FailedLoginDetector` then leaves that IP's failures out of its counts.
 
-    Where it fails: attacks spread over many IPs (botnets) pass below the per-IP threshold; a large
-    office behind one NAT address with 15 people mistyping within 5 minutes would be marked.
+    It also finds an IP failing for `stuffing_min_unknown_accounts` (5) distinct accounts that do
+    not exist (reasons in `login_nonexistent_account_reasons`) within that window: a scanner
+    walking a list of names (`admin`, `oracle`, `test`, ...) slowly enough to stay under 15
+    accounts in 5 minutes, while a person mistypes their own name once or twice. It raises an
+    `account_scan` alert and marks the IP in the same way (a real scanner tried 8 names, 7 of
+    them unknown, in 4 minutes while retrying `root` at a person's pace).
+
+    Where it fails: attacks spread over many IPs (botnets) pass below the per-IP thresholds; a
+    large office behind one NAT address with 15 people mistyping within 5 minutes, or 5 people
+    typing user names that do not exist, would be marked.
 
     Cost: O(failures in the window) per failure of that IP; state is kept per IP, not per user.
 
@@ -67,23 +78,57 @@ class CredentialStuffingDetector:
         if failures and failures[0][0] < horizon:
             failures[:] = [f for f in failures if f[0] >= horizon]
         failures.append((ts, event.user_id))
+        scan = self._learn_scan(state, event)
         if state.attack_until >= ts:
             state.attack_until = ts + c.stuffing_hold_ms  # the attack goes on
             return None
         accounts = {f[1] for f in failures}
         if len(accounts) < c.stuffing_min_accounts:
-            return None
+            return scan
         state.attack_until = ts + c.stuffing_hold_ms
         first = failures[0][0]
         state.alert_first_ts = first
         return self._alert(event.ip or "", ts, len(accounts), len(failures), first)
 
+    def _learn_scan(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
+        """The account-scan rule for one failure in event-time order (see the class)."""
+        c = self.config
+        ts = event.ts
+        unknown = state.unknown
+        horizon = ts - c.stuffing_window_ms
+        if unknown and unknown[0][0] < horizon:
+            unknown[:] = [f for f in unknown if f[0] >= horizon]
+        if event.reason not in c.login_nonexistent_account_reasons:
+            if state.scan_until >= ts:
+                state.scan_until = ts + c.stuffing_hold_ms  # the scan goes on
+            return None
+        unknown.append((ts, event.user_id))
+        if state.scan_until >= ts:
+            state.scan_until = ts + c.stuffing_hold_ms
+            return None
+        names = {account for _, account in unknown}
+        if len(names) < c.stuffing_min_unknown_accounts:
+            return None
+        state.scan_until = ts + c.stuffing_hold_ms
+        first = state.scan_first_ts = state.failures[0][0]  # the IP's first failure in the window
+        if self._stuffing(state, ts):
+            return None  # one alert per attack: credential stuffing has said it
+        return self._alert(event.ip or "", ts, len(names), len(unknown), first, "account_scan")
+
     def _alert(
-        self, ip: str, ts: int, accounts: int, failures: int, first_ts: int
+        self,
+        ip: str,
+        ts: int,
+        accounts: int,
+        failures: int,
+        first_ts: int,
+        kind: SecurityAlertKind = "credential_stuffing",
     ) -> SecurityAlert:
-        digest = hashlib.blake2b(f"{ip}|{first_ts}".encode(), digest_size=10).hexdigest()
+        key = f"{ip}|{first_ts}" if kind == "credential_stuffing" else f"{kind}|{ip}|{first_ts}"
+        digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
         return SecurityAlert(
             alert_id=f"sec_{digest}",
+            kind=kind,
             ts=ts,
             ip=ip,
             distinct_accounts=accounts,
@@ -98,9 +143,14 @@ class CredentialStuffingDetector:
         IP is marked from the attack's first failure (so its victims are left out) and the alert
         is raised as in-order processing would have raised it: same alert_id, ts and counts.
         Several partitions may raise the same alert; it is idempotent by alert_id."""
-        c = self.config
         bisect.insort(state.failures, (event.ts, event.user_id))
         state.last_ts = max(state.last_ts, event.ts)
+        stuffing = self._stuffing_late(state, event)
+        scan = self._scan_late(state, event)
+        return stuffing or scan
+
+    def _stuffing_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
+        c = self.config
         failures = state.failures
         accounts: Counter[str] = Counter()
         start = 0
@@ -134,9 +184,59 @@ class CredentialStuffingDetector:
             return self._alert(event.ip or "", end_ts, len(accounts), end - start + 1, first)
         return None
 
+    def _scan_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
+        """The account-scan rule for a failure that arrives after later ones (as above)."""
+        c = self.config
+        if event.reason not in c.login_nonexistent_account_reasons:
+            return None
+        unknown = state.unknown
+        bisect.insort(unknown, (event.ts, event.user_id))
+        names: Counter[str] = Counter()
+        start = 0
+        for end, (end_ts, account) in enumerate(unknown):
+            names[account] += 1
+            while unknown[start][0] < end_ts - c.stuffing_window_ms:
+                gone = unknown[start][1]
+                names[gone] -= 1
+                if not names[gone]:
+                    del names[gone]
+                start += 1
+            if len(names) < c.stuffing_min_unknown_accounts or end_ts < event.ts:
+                continue
+            if self._scanning(state, end_ts):
+                continue
+            horizon = end_ts - c.stuffing_window_ms
+            first = next(t for t, _ in state.failures if t >= horizon)
+            if (
+                state.scan_first_ts >= 0
+                and abs(state.scan_first_ts - first) <= c.stuffing_window_ms
+            ):
+                state.scan_first_ts = min(state.scan_first_ts, first)  # alerted already
+                return None
+            until = end_ts + c.stuffing_hold_ms
+            for later_ts, _ in state.failures:  # the scan went on
+                if end_ts < later_ts <= until:
+                    until = later_ts + c.stuffing_hold_ms
+            state.scan_until = max(state.scan_until, until)
+            state.scan_first_ts = first
+            if self._stuffing(state, end_ts):
+                return None
+            return self._alert(
+                event.ip or "", end_ts, len(names), end - start + 1, first, "account_scan"
+            )
+        return None
+
     def is_attack(self, state: SourceState, ts: int) -> bool:
-        """Whether the IP counted as an attacker at event time `ts`."""
+        """Whether the IP counted as an attacker (either rule) at event time `ts`."""
+        return self._stuffing(state, ts) or self._scanning(state, ts)
+
+    @staticmethod
+    def _stuffing(state: SourceState, ts: int) -> bool:
         return state.attack_until >= ts and state.alert_first_ts <= ts
+
+    @staticmethod
+    def _scanning(state: SourceState, ts: int) -> bool:
+        return state.scan_until >= ts and 0 <= state.scan_first_ts <= ts
 
     def verdict(self, state: SourceState, ts: int, now_ms: int | None = None) -> SourceVerdict:
         """Whether this IP's failure at `ts` is an attacker's, as known at `now_ms` (default

@@ -46,7 +46,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 #: How often (event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000

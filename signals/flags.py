@@ -111,7 +111,9 @@ class Flag(_Frozen):
     )
 
 
-SecurityAlertKind = Literal["credential_stuffing", "brute_force", "distributed_stuffing"]
+SecurityAlertKind = Literal[
+    "credential_stuffing", "brute_force", "distributed_stuffing", "account_scan"
+]
 SECURITY_ALERT_KINDS: tuple[SecurityAlertKind, ...] = get_args(SecurityAlertKind)
 
 
@@ -120,6 +122,8 @@ class SecurityAlert(_Frozen):
     flagged for it.
 
     - `credential_stuffing`: one source failing logins for many accounts;
+    - `account_scan`: one source failing logins for several accounts that do not exist (a
+      scanner walking a list of user names; `distinct_accounts` counts those names);
     - `brute_force`: one source hammering one or a few accounts far beyond human pace or volume
       (`rule` says which: volume, pace or parallel);
     - `distributed_stuffing`: a surge of failures for many accounts spread over many sources (a
@@ -134,7 +138,7 @@ class SecurityAlert(_Frozen):
     failures: int
     window_ms: int
     first_ts: Timestamp
-    rule: Literal["volume", "pace", "parallel"] | None = Field(
+    rule: Literal["volume", "pace", "rhythm", "parallel"] | None = Field(
         default=None, description="brute_force only: which rule caught it"
     )
     distinct_ips: int | None = Field(

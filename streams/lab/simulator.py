@@ -545,6 +545,36 @@ class Simulator:
                 self.emit(victim.user_id, f"s-bf-{victim.user_id}", t,
                           {"type": "login", "outcome": "failure", "reason": "bad_password",
                            "ip": ip})  # fmt: skip
+        self._slow_scanners(quiet)
+
+    def _slow_scanners(self, quiet: list[Truth]) -> None:
+        """Two scanners seen on real servers that stay under the pace and volume rules: a timer
+        retrying one real account at an exact gap (3-40 s, whole seconds as sshd logs them), and
+        one walking a list of user names that do not exist while retrying a real account three
+        times per connection at a person's pace."""
+        rng = self.rng
+        timer, walker = rng.sample(quiet, 2)
+        for victim, label in ((timer, "timer_scanner_victim"), (walker, "name_scanner_victim")):
+            quiet.remove(victim)
+            victim.lookalikes.append(label)
+        t = self.start_ms + self.duration_ms // 4 + rng.randrange(300_000)
+        gap = rng.randint(3, 40) * 1000
+        for _ in range(rng.randint(6, 12)):
+            t += gap
+            self.emit(timer.user_id, f"s-tm-{timer.user_id}", t,
+                      {"type": "login", "outcome": "failure", "reason": "bad_password",
+                       "ip": "203.0.113.68"})  # fmt: skip
+        t = self.start_ms + self.duration_ms * 3 // 4 + rng.randrange(300_000)
+        names = iter(f"scan-{self.seed}-{n}" for n in range(100))
+        for connection in range(rng.randint(5, 7)):
+            t += rng.randint(60_000, 110_000)  # sshd allows 3 tries per connection
+            for _ in range(3):
+                t += rng.randint(4_000, 11_000)
+                account = walker.user_id if connection % 2 == 0 else next(names)
+                reason = "bad_password" if account == walker.user_id else "invalid_user"
+                self.emit(account, f"s-ns-{account}", t,
+                          {"type": "login", "outcome": "failure", "reason": reason,
+                           "ip": "203.0.113.69"})  # fmt: skip
 
     def _botnet(self, truths: list[Truth]) -> None:
         """Hundreds of IPs within 8 minutes, each trying one or two accounts once or twice from

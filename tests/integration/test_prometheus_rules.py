@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "FrustrationQueueBacklog",
     "FrustrationCredentialStuffing",
     "FrustrationLoginAttack",
+    "FrustrationAccountScan",
     "FrustrationTargetDown",
     "FrustrationFlagLatencyBudgetBurn",
     "FrustrationFlagLatencyBudgetBurnSlow",

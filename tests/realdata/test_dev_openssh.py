@@ -73,7 +73,8 @@ def test_the_scanners_hammering_root_are_brute_force_alerts_not_lockouts(
     # 106.5.5.195: six tries 2 to 2.6 s apart on one connection ("Too many authentication
     # failures"); 187.141.143.180 hammers root (46) before it sprays 28 accounts.
     assert {"183.62.140.253", "112.95.230.3", "5.36.59.76", "106.5.5.195"} <= set(brute)
-    assert brute["187.141.143.180"] == "volume"
+    # ... caught at its 6th try on root, 3.0 s apart like a timer, before it reaches 20.
+    assert brute["187.141.143.180"] == "rhythm"
     # Every alert names a scanner (119.4.203.64: admin, which does not exist, 2 s apart).
     assert set(alerts_ips := [a["ip"] for a in alerts]) <= {
         "183.62.140.253",
@@ -83,4 +84,15 @@ def test_the_scanners_hammering_root_are_brute_force_alerts_not_lockouts(
         "187.141.143.180",
         "103.99.0.122",
         "119.4.203.64",
+        "5.188.10.180",
     }, alerts_ips
+
+
+def test_sources_walking_lists_of_user_names_that_do_not_exist_are_account_scans(
+    replayed: tuple[list[dict[str, Any]], list[dict[str, Any]], ReplaySummary],
+) -> None:
+    _, alerts, _ = replayed
+    scans = {a["ip"] for a in alerts if a["kind"] == "account_scan"}
+    # 5.188.10.180 tried 5 names that do not exist (17 failures) and never 15 accounts in 5 min.
+    assert scans == {"5.188.10.180", "103.99.0.122", "187.141.143.180", "183.62.140.253"}
+    assert all(a["distinct_accounts"] >= 5 for a in alerts if a["kind"] == "account_scan")

@@ -84,8 +84,14 @@ def clicks(
     return out
 
 
-def failures(start: int, n: int, gap: int, user: str = "u1", **fields: Any) -> list[LoginEvent]:
-    return [login(start + i * gap, user, "failure", **fields) for i in range(n)]
+def failures(
+    start: int, n: int, gap: int, user: str = "u1", *, irregular: bool = False, **fields: Any
+) -> list[LoginEvent]:
+    """`n` failed logins `gap` apart; `irregular` ones as a person (or a jittered script) makes
+    them: every other one a quarter gap late, so gaps alternate 1.25 and 0.75 of `gap` (never the
+    even rhythm of a timer, which is brute force)."""
+    late = gap // 4 if irregular else 0
+    return [login(start + i * gap + late * (i % 2), user, "failure", **fields) for i in range(n)]
 
 
 def waiting_chat(
@@ -163,7 +169,7 @@ def mixed_stream() -> list[AnyEvent]:
     events: list[AnyEvent] = []
     events += clicks(0, 8, 250, "rage")  # one burst of 8
     events += clicks(5 * MINUTE, 6, 400, "rage", target="#send", page="/messages", label="Send")
-    events += failures(10 * SECOND, 6, 20 * SECOND, "locked", ip="100.64.0.1")
+    events += failures(10 * SECOND, 6, 20 * SECOND, "locked", ip="100.64.0.1", irregular=True)
     events += waiting_chat(30 * SECOND, 3 * MINUTE, "chatter")
     events += clicks(0, 12, 150, "stepper", target="#qty-plus", label="+")
     events += [login(2 * SECOND, "typo"), login(9 * SECOND, "typo", "success")]

@@ -23,7 +23,8 @@ from tests.unit.builders import HOUR, MINUTE, T0, line, wire
 
 ROOT = Path(__file__).resolve().parents[2]
 FREE_TEXT = "I feel awful"
-BRUTE_FORCERS = {"203.0.113.66", "203.0.113.67"}  # the simulator's two scanners
+BRUTE_FORCERS = {"203.0.113.66", "203.0.113.67", "203.0.113.68"}  # the simulator's scanners
+NAME_SCANNER = "203.0.113.69"  # walks user names that do not exist (account_scan)
 ATTACKER = "198.51.100.23"
 
 #: One or more bad lines per reason; each carries free text a person wrote.
@@ -106,7 +107,8 @@ def test_clean_simulated_stream_gives_flags_and_the_stuffing_alert(clean_lines: 
     # accounts, so a brute_force alert of the same IP may come first; one stuffing alert still;
     # and the simulator's two brute-force scanners are alerted.
     assert [a["ip"] for a in alerts if a["kind"] == "credential_stuffing"] == [ATTACKER]
-    assert {a["ip"] for a in alerts} == {ATTACKER, *BRUTE_FORCERS}
+    assert {a["ip"] for a in alerts} == {ATTACKER, NAME_SCANNER, *BRUTE_FORCERS}
+    assert {a["ip"] for a in alerts if a["kind"] == "account_scan"} == {NAME_SCANNER}
     assert {a["ip"] for a in alerts if a["kind"] == "brute_force"} >= BRUTE_FORCERS
     assert summary.invalid == Counter()
     assert summary.valid == summary.lines == len(clean_lines)
@@ -153,11 +155,11 @@ def test_summary_counts_lines_valid_invalid_duplicates_alerts(
     assert summary.duplicates > 0
     assert summary.late == 0
     # the stuffing IP's brute_force and credential_stuffing alerts, and the two scanners'
-    assert summary.alerts == clean_summary.alerts == 4
+    assert summary.alerts == clean_summary.alerts == 6
     text = "\n".join(summary.lines_of_text())
     assert f"{summary.lines} lines, {summary.valid} valid, {n_bad} invalid" in text
     assert "not_json=6" in text
-    assert "security alerts: 4" in text
+    assert "security alerts: 6" in text
 
 
 def test_credential_stuffing_victims_are_never_flagged(
@@ -237,7 +239,7 @@ def test_replay_command_writes_flags_summary_dead_letters_and_alerts(
                for f in stdout_flags)  # fmt: skip
     assert "events: " in result.stderr
     assert "invalid by reason: " in result.stderr
-    assert "security alerts: 4" in result.stderr
+    assert "security alerts: 6" in result.stderr
     assert "flag_id" not in result.stderr
     alert_lines = [orjson.loads(x) for x in alerts.read_bytes().splitlines()]
     assert alert_lines == clean_alerts

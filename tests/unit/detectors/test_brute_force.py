@@ -30,7 +30,7 @@ def alerts_alone(events: list, config: DetectionConfig | None = None) -> list[Se
 
 # -- volume ---------------------------------------------------------------------------------------
 def test_20_failures_of_one_account_within_5_minutes_at_human_pace_are_brute_force() -> None:
-    events = failures(0, 20, 12 * SECOND, user="root", ip=SCANNER)  # 3 min 48 s
+    events = failures(0, 20, 12 * SECOND, user="root", ip=SCANNER, irregular=True)  # 3 min 51 s
     alerts = alerts_alone(events)
     assert [(a.kind, a.rule, a.failures, a.ip, a.distinct_accounts) for a in alerts] == [
         ("brute_force", "volume", 20, SCANNER, 1)
@@ -39,8 +39,8 @@ def test_20_failures_of_one_account_within_5_minutes_at_human_pace_are_brute_for
 
 
 def test_19_failures_or_20_spread_over_more_than_5_minutes_are_not() -> None:
-    assert alerts_alone(failures(0, 19, 12 * SECOND, user="root", ip=SCANNER)) == []
-    assert alerts_alone(failures(0, 20, 16 * SECOND, user="root", ip=SCANNER)) == []
+    assert alerts_alone(failures(0, 19, 12 * SECOND, user="root", ip=SCANNER, irregular=True)) == []
+    assert alerts_alone(failures(0, 20, 16 * SECOND, user="root", ip=SCANNER, irregular=True)) == []
 
 
 def test_volume_counts_one_account_so_a_busy_office_nat_is_not_brute_force() -> None:
@@ -59,7 +59,8 @@ def test_five_attempts_2_seconds_apart_are_a_machine_rhythm() -> None:
 
 
 def test_a_median_gap_of_3_seconds_is_human_pace_and_4_attempts_too_few_to_judge() -> None:
-    assert alerts_alone(failures(0, 8, 3 * SECOND, user="root", ip=SCANNER)) == []
+    # gaps of 3.75 and 2.25 s: a median of 3 s, and uneven
+    assert alerts_alone(failures(0, 8, 3 * SECOND, user="root", ip=SCANNER, irregular=True)) == []
     assert alerts_alone(failures(0, 4, 2 * SECOND, user="root", ip=SCANNER)) == []
 
 
@@ -68,11 +69,32 @@ def test_double_submits_do_not_make_a_person_look_like_a_machine() -> None:
         e
         for k in range(6)
         for e in (
-            login(k * 8 * SECOND, ip="100.64.0.5"),
-            login(k * 8 * SECOND + 300, ip="100.64.0.5"),
+            login(k * 8 * SECOND + (k % 2) * 2 * SECOND, ip="100.64.0.5"),
+            login(k * 8 * SECOND + (k % 2) * 2 * SECOND + 300, ip="100.64.0.5"),
         )
     ]
     assert alerts_alone(events) == []
+
+
+# -- rhythm ---------------------------------------------------------------------------------------
+def test_six_attempts_exactly_3_seconds_apart_are_a_timer_not_a_person() -> None:
+    # A real sshd scanner on `root` (umm_secure cscirepo): every 3.0 s, just outside the pace rule.
+    alerts = alerts_alone(failures(0, 6, 3 * SECOND, user="root", ip=SCANNER))
+    assert [(a.rule, a.failures) for a in alerts] == [("rhythm", 6)]
+
+
+def test_an_even_rhythm_at_a_slow_pace_is_a_timer_too_but_five_attempts_are_too_few() -> None:
+    assert [a.rule for a in alerts_alone(failures(0, 6, 40 * SECOND, user="root", ip=SCANNER))] == [
+        "rhythm"
+    ]
+    assert alerts_alone(failures(0, 5, 40 * SECOND, user="root", ip=SCANNER)) == []
+
+
+def test_gaps_uneven_by_more_than_a_second_are_a_person() -> None:
+    # 15 s +- 1.25 s: as regular as a person retyping gets, and still not a timer
+    gaps = [15_000, 16_250, 13_750, 15_000, 16_250, 13_750, 15_000]
+    times = [sum(gaps[:i]) for i in range(len(gaps) + 1)]
+    assert alerts_alone([login(t, "me", ip="100.64.0.8") for t in times]) == []
 
 
 # -- parallel -------------------------------------------------------------------------------------
@@ -108,7 +130,7 @@ def test_verdict_marks_the_ip_from_the_hammered_accounts_first_failure_for_an_ho
 
 def test_an_ip_with_10_failures_on_one_account_is_undecided_for_its_window() -> None:
     detector, state = BruteForceDetector(), BruteForceState()
-    events = failures(0, 10, 20 * SECOND, user="root", ip=SCANNER)
+    events = failures(0, 10, 20 * SECOND, user="root", ip=SCANNER, irregular=True)
     for e in events:
         detector.learn_one(state, e)
     verdict = detector.verdict(state, events[-1].ts, events[-1].ts + MINUTE)
@@ -127,16 +149,19 @@ def test_a_brute_forced_account_is_never_an_outreach_flag_but_a_brute_force_aler
 
 
 def test_a_person_locked_out_at_human_pace_from_their_own_ip_still_flags() -> None:
-    events = failures(0, 6, 15 * SECOND, user="me", ip="100.64.0.8", device_id="d-me")
+    events = failures(
+        0, 6, 15 * SECOND, user="me", ip="100.64.0.8", device_id="d-me", irregular=True
+    )
     out = run_engine(events)
     assert [f.user_id for f in flags_of(out)] == ["me"]
     assert alerts_of(out) == []
 
 
 def test_a_slow_attacker_reaching_20_failures_within_its_window_takes_the_early_ones_too() -> None:
-    # 12 s apart: the first five look like a person; the 20th, 3 min 48 s later, shows it is not.
-    # The account's judgement waits for the IP's window, so no flag ever goes out.
-    out = run_engine(failures(0, 20, 12 * SECOND, user="root", ip=SCANNER))
+    # About 11 s apart: the first five look like a person; the 10th, before the account is judged,
+    # makes the IP undecided, and the 20th, 3.5 min in, shows it is not a person. The account's
+    # judgement waits for the IP's window, so no flag ever goes out.
+    out = run_engine(failures(0, 20, 11 * SECOND, user="root", ip=SCANNER, irregular=True))
     assert flags_of(out) == [] and signals_of(out) == []
     assert [a.rule for a in alerts_of(out)] == ["volume"]
 

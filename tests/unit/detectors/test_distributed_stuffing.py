@@ -101,7 +101,9 @@ def test_botnet_victims_are_never_flagged_and_open_no_incident() -> None:
 
 
 def test_a_person_locked_out_during_the_botnet_from_their_own_ip_still_flags() -> None:
-    me = failures(32 * MINUTE, 6, 20 * SECOND, user="me", ip="100.70.0.7", device_id="d-me")
+    me = failures(
+        32 * MINUTE, 6, 20 * SECOND, user="me", ip="100.70.0.7", device_id="d-me", irregular=True
+    )
     out = run_engine(by_ts([*typos(30, 3), *botnet(30 * MINUTE, 400, []), *me]))
     assert [f.user_id for f in flags_of(out)] == ["me"]
 

@@ -376,7 +376,7 @@ def test_the_longest_wait_is_the_stuffing_window_after_the_last_attempt() -> Non
 def test_an_account_under_attack_is_not_flagged_for_failures_from_other_scanners() -> None:
     # The `root` of a public sshd: one scanner at machine pace, then another at human pace.
     first = failures(0, 6, 2 * SECOND, user="root", ip="203.0.113.7")
-    second = failures(20 * MINUTE, 7, 15 * SECOND, user="root", ip="203.0.113.8")
+    second = failures(20 * MINUTE, 7, 15 * SECOND, user="root", ip="203.0.113.8", irregular=True)
     out = run_engine(first + second)
     assert [a.ip for a in alerts_of(out)] == ["203.0.113.7"]
     assert flags_of(out) == [] and signals_of(out) == []
@@ -384,7 +384,7 @@ def test_an_account_under_attack_is_not_flagged_for_failures_from_other_scanners
 
 def test_an_account_attacked_more_than_an_hour_ago_flags_again() -> None:
     first = failures(0, 6, 2 * SECOND, user="root", ip="203.0.113.7")
-    later = failures(70 * MINUTE, 6, 15 * SECOND, user="root", ip="100.64.0.8")
+    later = failures(70 * MINUTE, 6, 15 * SECOND, user="root", ip="100.64.0.8", irregular=True)
     flags = flags_of(run_engine(first + later))
     assert [f.user_id for f in flags] == ["root"]
     assert flags[0].ts > later[-1].ts

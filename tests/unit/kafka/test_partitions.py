@@ -136,9 +136,9 @@ def brute_force_stream() -> list[AnyEvent]:
     another IP, and the root holder's own failures later while root is still under attack."""
     events: list[AnyEvent] = [
         *failures(0, 40, 2 * SECOND, user="root", ip="203.0.113.7"),
-        *failures(10 * MINUTE, 25, 9 * SECOND, user="admin", ip="203.0.113.8"),
-        *failures(20 * MINUTE, 6, 15 * SECOND, user="root", ip="203.0.113.9"),
-        *failures(30 * SECOND, 6, 20 * SECOND, user="locked", ip="100.64.0.8"),
+        *failures(10 * MINUTE, 25, 9 * SECOND, user="admin", ip="203.0.113.8", irregular=True),
+        *failures(20 * MINUTE, 6, 15 * SECOND, user="root", ip="203.0.113.9", irregular=True),
+        *failures(30 * SECOND, 6, 20 * SECOND, user="locked", ip="100.64.0.8", irregular=True),
     ]
     events += [login(k * 7 * SECOND, f"user-{k}", ip=f"100.65.0.{k}") for k in range(30)]
     return _with_ids(events, "bf")
@@ -162,7 +162,7 @@ def botnet_stream() -> list[AnyEvent]:
             ip = f"198.19.{j}.{k + 1}"
             events.append(login(21 * MINUTE + j * SECOND + k * 20 * SECOND, f"client-{j}", ip=ip))
             events.append(login(22 * MINUTE + j * SECOND + k * SECOND, f"other-{j}-{k}", ip=ip))
-    events += failures(22 * MINUTE, 6, 20 * SECOND, user="locked", ip="100.70.0.7")
+    events += failures(22 * MINUTE, 6, 20 * SECOND, user="locked", ip="100.70.0.7", irregular=True)
     return _with_ids(events, "bot")
 
 
@@ -191,3 +191,20 @@ def test_a_botnet_gives_the_same_alert_and_flags_with_any_number_of_partitions(
     assert summary(got) == expected
     assert [a.kind for a in alerts_of(got)] == ["distributed_stuffing"], "raised once"
     assert {f.user_id for f in flags_of(got)} == {"locked"}, "no botnet victim is flagged"
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_an_account_scan_gives_the_same_alerts_and_flags_with_any_number_of_partitions(
+    partitions: int,
+) -> None:
+    scanner = "203.0.113.9"
+    events: list[AnyEvent] = [
+        login(k * 40 * SECOND, f"no-such-{k}", ip=scanner, reason="invalid_user") for k in range(7)
+    ]
+    events += failures(10 * SECOND, 6, 20 * SECOND, user="root", ip=scanner, irregular=True)
+    events += failures(MINUTE, 6, 20 * SECOND, user="locked", ip="100.64.0.8", irregular=True)
+    events = jittered(_with_ids(events, "scan"), seed=5)
+    expected = summary(one_engine(events))
+    flags, alerts, _ = expected
+    assert {f[0] for f in flags} and len(alerts) == 1, "locked is flagged, the scan alerted"
+    assert summary(partitioned(events, partitions)) == expected
