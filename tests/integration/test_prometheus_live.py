@@ -53,6 +53,10 @@ SERVICE_ENV = {
     "FRUSTRATION_IDLE_ADVANCE_S": "0.5",
     # A lock-out is signalled once no success followed the 5th failure for this long (default 60 s).
     "FRUSTRATION_DETECTION__LOGIN_CONFIRM_MS": "2000",
+    # The lock-out below retries every 1.2-1.8 s on this compressed clock (a person takes 3 s or
+    # more), so the brute-force pace and rhythm rules are scaled down with it.
+    "FRUSTRATION_DETECTION__BRUTE_FORCE_MAX_MEDIAN_GAP_MS": "1000",
+    "FRUSTRATION_DETECTION__BRUTE_FORCE_RHYTHM_MAX_JITTER_MS": "200",
 }
 #: Grafana's built-in variables, replaced by what they would typically expand to.
 GRAFANA_BUILTINS = {
@@ -251,10 +255,12 @@ def build_traffic(start_ms: int, run: str) -> list[dict[str, Any]]:
     # A rage burst: 10 clicks 200 ms apart on a broken "Pay now" button.
     t = start_ms + 4_000
     events += [_click("it-rage-1", t + 200 * i, f"{run}-rage-{i}") for i in range(10)]
-    # A lock-out: 6 failed logins 1.5 s apart from the user's own address.
+    # A lock-out: 6 failed logins 1.2-1.8 s apart (unevenly, as a person) from their own address.
     t = start_ms + 6_000
     events += [
-        _failed_login("it-lockout-1", t + 1_500 * i, f"{run}-lock-{i}", "100.99.1.1", "d-it-1")
+        _failed_login(
+            "it-lockout-1", t + 1_500 * i + 300 * (i % 2), f"{run}-lock-{i}", "100.99.1.1", "d-it-1"
+        )
         for i in range(6)
     ]
     # Credential stuffing: one address failing for 16 accounts within 4 s.
