@@ -211,9 +211,12 @@ def test_posthog_python_sdk_events_arrive_as_ours(service: Service) -> None:
     )
     mapped = sample(service, "frustration_source_events_total", source="posthog", outcome="mapped")
     assert mapped == before["mapped"] + CLICKS + 1
-    assert sample(
-        service, "frustration_source_events_total", source="posthog", outcome="corroborating"
-    ) >= 1
+    assert (
+        sample(
+            service, "frustration_source_events_total", source="posthog", outcome="corroborating"
+        )
+        >= 1
+    )
 
 
 def test_bad_items_are_dead_lettered_and_the_rest_of_the_batch_kept(service: Service) -> None:
@@ -256,9 +259,10 @@ def test_bad_items_are_dead_lettered_and_the_rest_of_the_batch_kept(service: Ser
     dead = service.get("/v1/dead-letters").json()["dead_letters"]
     sources = {d["source"] for d in dead}
     assert {"segment item 0", "segment item 1"} <= sources
-    assert sample(
-        service, "frustration_source_events_total", source="segment", outcome="invalid"
-    ) == invalid_before + 2
+    assert (
+        sample(service, "frustration_source_events_total", source="segment", outcome="invalid")
+        == invalid_before + 2
+    )
     # A body that is not JSON at all: 400, one dead letter, counted.
     answer = http("POST", service.url("/segment/v1/batch"), b"{not json", {"Authorization": auth})
     assert answer.status == 400
