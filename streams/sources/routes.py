@@ -7,6 +7,7 @@ Routes (prefix ``/segment`` for the Segment HTTP Tracking API, ``/posthog`` for 
     POST /posthog/batch/, /posthog/capture/, /posthog/e/, /posthog/i/v0/e/,
          /posthog/track/, /posthog/engage/    PostHog capture (gzip too)          (project token)
     POST /posthog/flags/, /posthog/decide/    answers "no feature flags" (posthog-js asks)
+    GET  /posthog/array/{token}/config        answers "no remote config" (posthog-js asks)
 
 Each authenticates (the write key as Basic-auth user name, the PostHog project token in the body:
 both must equal the ingest key `api_key`), converts the body with the mapping file and hands the
@@ -39,6 +40,19 @@ Accept = Callable[[DecodedBatch, float], None]
 
 SEGMENT_PREFIX = "/segment"
 POSTHOG_PREFIX = "/posthog"
+#: What posthog-js asks the server before it starts autocapture: autocapture allowed (it stays
+#: off until a config says so), gzip bodies, the $elements list (not the chain string), and
+#: nothing else switched on (no recordings, surveys or heatmaps are collected here).
+POSTHOG_REMOTE_CONFIG: dict[str, Any] = {
+    "autocapture_opt_out": False,
+    "supportedCompression": ["gzip", "gzip-js"],
+    "elementsChainAsString": False,
+    "sessionRecording": False,
+    "heatmaps": False,
+    "surveys": False,
+    "capturePerformance": False,
+    "autocaptureExceptions": False,
+}
 POSTHOG_CAPTURE_PATHS = ("/batch/", "/capture/", "/e/", "/i/v0/e/", "/track/", "/engage/")
 
 
@@ -163,10 +177,18 @@ class SourceRoutes:
 
     async def posthog_flags(self, request: web.Request) -> web.Response:
         return json_response(
-            {"featureFlags": {}, "featureFlagPayloads": {}, "errorsWhileComputingFlags": False},
+            {
+                "featureFlags": {},
+                "featureFlagPayloads": {},
+                "errorsWhileComputingFlags": False,
+                **POSTHOG_REMOTE_CONFIG,
+            },
             200,
             _cors(request),
         )
+
+    async def posthog_config(self, request: web.Request) -> web.Response:
+        return json_response(POSTHOG_REMOTE_CONFIG, 200, {"Access-Control-Allow-Origin": "*"})
 
     async def options(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=_cors(request))
@@ -191,4 +213,5 @@ def add_source_routes(
             router.add_post(POSTHOG_PREFIX + variant, routes.posthog_flags)
             router.add_get(POSTHOG_PREFIX + variant, routes.posthog_flags)
             router.add_route("OPTIONS", POSTHOG_PREFIX + variant, routes.options)
+    router.add_get(POSTHOG_PREFIX + "/array/{token}/config", routes.posthog_config)
     return routes

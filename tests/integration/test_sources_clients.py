@@ -269,3 +269,38 @@ def test_bad_items_are_dead_lettered_and_the_rest_of_the_batch_kept(service: Ser
     time.sleep(0.1)
     dead = service.get("/v1/dead-letters").json()["dead_letters"]
     assert any(d["source"] == "segment body" and d["reason"] == "not_json" for d in dead)
+
+
+def test_posthog_rageclicks_alone_never_flag(service: Service) -> None:
+    """PostHog's own $rageclick verdicts (its rule measured at precision 0.03), however many, are
+    counted as corroborating evidence and never become events: no flag, no tracked user."""
+    before = sample(
+        service, "frustration_source_events_total", source="posthog", outcome="corroborating"
+    )
+    clicks = sample(service, "frustration_events_received_total", type="click")
+    client = posthog.Posthog(KEY, host=service.base + "/posthog", max_retries=0)
+    props = {
+        "$current_url": "https://clinic.example/billing",
+        "$elements": [{"tag_name": "button", "$el_text": "Pay now", "attr__id": "pay"}],
+    }
+    try:
+        for at in burst_times(20):
+            client.capture("$rageclick", distinct_id="ph-rage-only", properties=props, timestamp=at)
+        client.flush()
+    finally:
+        client.shutdown()
+    service.wait_for(
+        lambda: (
+            sample(
+                service,
+                "frustration_source_events_total",
+                source="posthog",
+                outcome="corroborating",
+            )
+            == before + 20
+        ),
+        what="the $rageclick events to be counted",
+    )
+    time.sleep(3.0)  # past the idle advance
+    assert [f for f in service.flags() if f["user_id"] == "ph-rage-only"] == []
+    assert sample(service, "frustration_events_received_total", type="click") == clicks
