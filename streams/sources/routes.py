@@ -4,6 +4,7 @@ Routes (prefix ``/segment`` for the Segment HTTP Tracking API, ``/posthog`` for 
 
     POST /segment/v1/batch                    Segment / RudderStack / Jitsu batch   (write key)
     POST /segment/v1/{track,page,screen,identify,group,alias}   one message           (write key)
+    POST /segment/v1/{t,p,s,i,g,a,b}          analytics.js's short paths (b: batch)
     POST /posthog/batch/, /posthog/capture/, /posthog/e/, /posthog/i/v0/e/,
          /posthog/track/, /posthog/engage/    PostHog capture (gzip too)          (project token)
     POST /posthog/flags/, /posthog/decide/    answers "no feature flags" (posthog-js asks)
@@ -137,17 +138,29 @@ class SourceRoutes:
     # -- Segment ----------------------------------------------------------------------------------
     async def segment(self, request: web.Request) -> web.Response:
         settings = self.settings
-        given = segment.write_key(request.headers.get("Authorization"))
-        if not secret_ok(given, settings.api_key):
+        header_key = segment.write_key(request.headers.get("Authorization"))
+        header_ok = header_key is not None and secret_ok(header_key, settings.api_key)
+        if header_key is not None and not header_ok:
             return self._answer(request, 401, {"error": "missing or wrong write key"})
-        call = request.match_info.get("call")
+        call = segment.SHORT_PATHS.get(request.match_info.get("call", ""), None)
         try:
             raw = await _read(request, settings.max_body_bytes)
         except _TooLarge:
             return self._answer(request, 413, {"error": "body too large"})
         try:
-            body = inflate(raw, request.headers.get("Content-Encoding"), settings.max_body_bytes)
-            converted = segment.convert(load_json(body), self.mapping, call)
+            body = load_json(
+                inflate(raw, request.headers.get("Content-Encoding"), settings.max_body_bytes)
+            )
+        except BadBody as exc:
+            if not (header_ok or settings.api_key is None):
+                return self._answer(request, 401, {"error": "missing or wrong write key"})
+            return self._bad_body(request, "segment", raw, exc)
+        # analytics.js sends the write key in the body (text/plain, no preflight), not a header.
+        given = header_key if header_key is not None else segment.body_write_key(body)
+        if not secret_ok(given, settings.api_key):
+            return self._answer(request, 401, {"error": "missing or wrong write key"})
+        try:
+            converted = segment.convert(body, self.mapping, call)
         except BadBody as exc:
             return self._bad_body(request, "segment", raw, exc)
         result = self._hand_over(converted, time.time())
@@ -202,8 +215,9 @@ def add_source_routes(
     router = app.router
     router.add_post(f"{SEGMENT_PREFIX}/v1/batch", routes.segment)
     router.add_route("OPTIONS", f"{SEGMENT_PREFIX}/v1/batch", routes.options)
-    calls = "|".join(segment.CALL_TYPES)
+    calls = "|".join(c for c in segment.SHORT_PATHS if c != "batch")
     router.add_post(f"{SEGMENT_PREFIX}/v1/{{call:{calls}}}", routes.segment)
+    router.add_route("OPTIONS", f"{SEGMENT_PREFIX}/v1/{{call:{calls}}}", routes.options)
     for path in POSTHOG_CAPTURE_PATHS:
         for variant in (path, path.rstrip("/")):
             router.add_post(POSTHOG_PREFIX + variant, routes.posthog)

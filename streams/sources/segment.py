@@ -25,6 +25,14 @@ from streams.sources.mapping import SourceMapping, lookup
 
 #: The call types of the Tracking API, and the single-message paths that carry them.
 CALL_TYPES: tuple[str, ...] = ("track", "page", "screen", "identify", "group", "alias")
+#: Path -> call type (None: a batch), with analytics.js's one-letter paths.
+SHORT_PATHS: dict[str, str | None] = {
+    **{c: c for c in CALL_TYPES},
+    **{c[0]: c for c in CALL_TYPES if c != "screen"},
+    "s": "screen",
+    "batch": None,
+    "b": None,
+}
 
 
 def write_key(authorization: str | None) -> str | None:
@@ -36,6 +44,12 @@ def write_key(authorization: str | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.split(":", 1)[0]
+
+
+def body_write_key(body: Any) -> str | None:
+    """The ``writeKey`` field analytics.js (and the Python SDK) put in the body."""
+    key = body.get("writeKey") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def messages_of(body: Any, call: str | None) -> list[Any]:

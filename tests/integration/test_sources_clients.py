@@ -304,3 +304,23 @@ def test_posthog_rageclicks_alone_never_flag(service: Service) -> None:
     time.sleep(3.0)  # past the idle advance
     assert [f for f in service.flags() if f["user_id"] == "ph-rage-only"] == []
     assert sample(service, "frustration_events_received_total", type="click") == clicks
+
+
+def test_analytics_js_style_write_key_in_the_body_and_short_paths(service: Service) -> None:
+    """analytics.js posts text/plain to /v1/t (track) with the write key in the body."""
+    import json
+
+    message = {
+        "type": "track",
+        "event": "Signed In",
+        "userId": "ajs-user",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "writeKey": KEY,
+    }
+    headers = {"Content-Type": "text/plain"}
+    answer = http("POST", service.url("/segment/v1/t"), json.dumps(message).encode(), headers)
+    assert answer.status == 200, answer.text
+    assert answer.json()["accepted"] == 1
+    wrong = {**message, "writeKey": "nope"}
+    answer = http("POST", service.url("/segment/v1/t"), json.dumps(wrong).encode(), headers)
+    assert answer.status == 401
