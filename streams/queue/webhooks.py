@@ -172,7 +172,8 @@ class Outbox:
         self.settings = settings
         self.endpoints = {e.name: e for e in settings.webhooks}
         self.db.executescript(_SCHEMA)
-        store.on_change = self.enqueue
+        if self.endpoints:  # without endpoints a queue change costs nothing extra
+            store.on_change = self.enqueue
 
     def enqueue(self, event_type: str, order_key: str, data: dict[str, Any]) -> None:
         """One message per endpoint that wants `event_type` (called inside the store's

@@ -178,3 +178,23 @@ def test_helpdesk_shapes_carry_the_summary_and_message() -> None:
     slack = helpdesk.slack_message("incident.opened", inc)
     assert slack["text"].startswith(":rotating_light: Incident opened")
     assert "We are sorry." in slack["blocks"][0]["text"]["text"]
+
+
+def test_replay_since_reads_times_epochs_and_durations() -> None:
+    from signals.exceptions import ConfigurationError
+    from streams.cli import parse_since
+
+    assert parse_since("2026-12-01T08:00:00Z") == 1_796_112_000.0
+    assert parse_since("2026-12-01T08:00:00") == 1_796_112_000.0  # no offset: UTC
+    assert parse_since("1796112000") == 1_796_112_000.0
+    assert parse_since("3h", now=10_800.0) == 0.0
+    assert parse_since("90m", now=5_400.0) == 0.0
+    with pytest.raises(ConfigurationError, match="--since"):
+        parse_since("yesterday")
+
+
+def test_no_endpoints_no_hook_no_rows(store: QueueStore) -> None:
+    outbox = Outbox(store, Settings())
+    assert store.on_change is None
+    store.write_flag(flag("a", T0))
+    assert rows(store) == [] and outbox.counts() == {"pending": 0, "delivered": 0, "dead": 0}
