@@ -307,23 +307,29 @@ class WebhookDelivery:
             await asyncio.gather(*(self._attempt(session, m) for m in messages))
         return len(messages)
 
-    async def _attempt(self, session: aiohttp.ClientSession, message: Message) -> None:
+    async def _post(self, session: aiohttp.ClientSession, message: Message) -> str | None:
+        """One attempt; None when the receiver answered 2xx, else what went wrong."""
         endpoint = self.outbox.endpoints[message.endpoint]
+        try:
+            body, headers = request_of(endpoint, message, time.time())
+        except Exception as exc:  # a shape that cannot be built: a failed attempt, not a stall
+            log.exception("webhook %s: cannot build the request", message.msg_id)
+            return f"cannot build the request: {type(exc).__name__}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+            async with session.post(
+                endpoint.url, data=body, headers=headers, timeout=timeout
+            ) as answer:
+                await answer.read()
+                return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+
+    async def _attempt(self, session: aiohttp.ClientSession, message: Message) -> None:
         key = (message.endpoint, message.order_key)
         self.busy.add(key)
         try:
-            body, headers = request_of(endpoint, message, time.time())
-            error: str | None = None
-            try:
-                timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-                async with session.post(
-                    endpoint.url, data=body, headers=headers, timeout=timeout
-                ) as answer:
-                    await answer.read()
-                    if not 200 <= answer.status < 300:
-                        error = f"HTTP {answer.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"[:200]
+            error = await self._post(session, message)
             now = time.time()
             if error is None:
                 self.outbox.delivered(message, now)
