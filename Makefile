@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install system-deps lint typecheck unit bench bench-kafka clean
+.PHONY: run test install system-deps js-deps lint typecheck unit bench bench-kafka clean
 
 $(BIN)/frustration: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ run: install
 system-deps:
 	bash deploy/install-system-deps.sh
 
+## posthog-js for the browser test, at the version of its lockfile (not committed: node_modules).
+JS_TEST_DIR := tests/e2e/posthog_js
+js-deps: $(JS_TEST_DIR)/node_modules/.package-lock.json
+
+$(JS_TEST_DIR)/node_modules/.package-lock.json: $(JS_TEST_DIR)/package.json $(JS_TEST_DIR)/package-lock.json
+	cd $(JS_TEST_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -30,7 +37,7 @@ typecheck: install
 
 ## Everything: lint, format check, types, and the whole test suite against real Kafka,
 ## real Prometheus, real SQLite and headless Chromium.
-test: install system-deps lint typecheck
+test: install system-deps js-deps lint typecheck
 	$(BIN)/pytest
 
 unit: install

@@ -11,6 +11,8 @@ command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+# npm installs posthog-js for the browser test of the PostHog source (make js-deps).
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if ((${#need[@]})); then
   sudo=""

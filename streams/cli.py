@@ -307,6 +307,71 @@ def _add_kafka_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_flags)
 
 
+# -- webhooks -------------------------------------------------------------------------------------
+def parse_since(text: str, now: float | None = None) -> float:
+    """Epoch seconds of `--since`: RFC 3339 / ISO 8601 (UTC when no offset), epoch seconds, or
+    a duration back from now (90s, 30m, 2h, 1d)."""
+    import time
+    from datetime import UTC, datetime
+
+    from signals.exceptions import ConfigurationError
+
+    now = time.time() if now is None else now
+    value = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+            return now - float(value[:-1]) * units[value[-1]]
+        if value.replace(".", "", 1).isdigit():
+            return float(value)
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, IndexError):
+        raise ConfigurationError(
+            f"--since {text!r}: give a time (2026-12-01T10:00:00Z), epoch seconds or 2h"
+        ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from streams.queue.store import QueueStore
+    from streams.queue.webhooks import Outbox
+
+    overrides = {"db_path": args.db} if args.db is not None else {}
+    settings = _settings().model_copy(update=overrides)
+    store = QueueStore(settings.db_path)
+    try:
+        outbox = Outbox(store, settings)
+        if args.action == "replay":
+            since = parse_since(args.since)
+            n = outbox.replay(since, endpoint=args.endpoint, dead_only=args.dead_only)
+            print(f"{n} webhook messages put back for delivery")
+        else:
+            print(json.dumps({"counts": outbox.counts(), "dead": outbox.dead(args.limit)}))
+    finally:
+        store.close()
+    return 0
+
+
+def _add_webhook_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "webhooks",
+        help="webhook outbox: status, or re-send messages (replay)",
+        description="The webhook outbox in the queue database. `replay --since` puts dead-"
+        "lettered (and, unless --dead-only, delivered) messages written since then back in "
+        "line; the running service or queue sink delivers them, with their original "
+        "webhook-id. `status` prints counts and the dead-lettered messages as JSON.",
+    )
+    p.add_argument("action", choices=("replay", "status"))
+    p.add_argument("--since", default="24h", help="time, epoch seconds or 2h (default 24h)")
+    p.add_argument("--endpoint", help="only this endpoint (its name)")
+    p.add_argument("--dead-only", action="store_true", help="only dead-lettered messages")
+    p.add_argument("--db", type=Path, help="support-queue database (default: settings)")
+    p.add_argument("--limit", type=int, default=50, help="status: dead messages to list")
+    p.set_defaults(func=cmd_webhooks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frustration",
@@ -396,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     _add_kafka_commands(sub)
+
+    _add_webhook_commands(sub)
 
     p = sub.add_parser(
         "settings",

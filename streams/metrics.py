@@ -37,6 +37,12 @@ frustration_ingest_requests_total           counter    code                HTTP 
 frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
 frustration_partition_input_lag_messages    gauge      partition           unread, per partition
 frustration_partition_stalled               gauge      partition           1: no progress, unread
+frustration_source_events_total             counter    source, outcome     Segment/PostHog items
+frustration_webhook_attempts_total          counter    outcome             delivery attempts
+frustration_webhook_dead_letters_total      counter    -                   given up after retries
+frustration_webhook_delivery_latency_seconds histogram -                   outbox write -> 2xx
+frustration_webhook_outbox_depth            gauge      -                   messages not delivered
+frustration_webhook_oldest_pending_age_seconds gauge   -                   oldest undelivered age
 frustration_build_info                      gauge      version, runner     always 1
 ==========================================  =========  ==================  =====================
 
@@ -75,6 +81,10 @@ __all__ = [
     "SECURITY_ALERT_KINDS",
     "SEVERITIES",
     "SIGNAL_KINDS",
+    "SOURCES",
+    "SOURCE_OUTCOMES",
+    "WEBHOOK_LATENCY_BUCKETS",
+    "WEBHOOK_OUTCOMES",
     "FrustrationMetrics",
     "label_values",
 ]
@@ -89,8 +99,30 @@ INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
 # batch: the embedded runner (and queue sink); route and detect: the two stages of a Kafka worker.
 PROCESSING_STAGES: tuple[str, ...] = ("batch", "route", "detect")
 QUEUE_STATUSES: tuple[str, ...] = _QUEUE_STATUSES
-INGEST_CODES: tuple[str, ...] = ("202", "400", "401", "413", "415", "500")
+INGEST_CODES: tuple[str, ...] = ("200", "202", "400", "401", "413", "415", "500")
 RUNNERS: tuple[str, ...] = ("embedded", "kafka")
+#: Where source events come from (Segment covers RudderStack and Jitsu) and what became of them:
+#: mapped (an event of ours), unmapped (no rule), invalid (dead-lettered), corroborating
+#: (PostHog $rageclick: counted, never an event).
+SOURCES: tuple[str, ...] = ("segment", "posthog")
+SOURCE_OUTCOMES: tuple[str, ...] = ("mapped", "unmapped", "invalid", "corroborating")
+#: One webhook delivery attempt: answered 2xx, or anything else (status, timeout, refused).
+WEBHOOK_OUTCOMES: tuple[str, ...] = ("success", "failure")
+#: 10 ms .. 1 day: a delivery retried for hours still lands in a bucket.
+WEBHOOK_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    30.0,
+    300.0,
+    1800.0,
+    3600.0,
+    4 * 3600.0,
+    86400.0,
+)
 
 #: Label names that must never appear on any metric (privacy).
 FORBIDDEN_LABELS: frozenset[str] = frozenset(
@@ -163,6 +195,8 @@ def label_values() -> dict[str, tuple[str, ...]]:
         "status": QUEUE_STATUSES,
         "code": INGEST_CODES,
         "runner": RUNNERS,
+        "source": SOURCES,
+        "outcome": SOURCE_OUTCOMES + WEBHOOK_OUTCOMES,
     }
 
 
@@ -322,6 +356,41 @@ class FrustrationMetrics:
             ["partition"],
             registry=reg,
         )
+        # -- sources in, webhooks out (streams.sources, streams.queue.webhooks) ------------------
+        self.source_events = Counter(
+            "frustration_source_events_total",
+            "Segment / RudderStack / PostHog items by source and what became of them.",
+            ["source", "outcome"],
+            registry=reg,
+        )
+        self.webhook_attempts = Counter(
+            "frustration_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (success: a 2xx answer).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.webhook_dead_letters = Counter(
+            "frustration_webhook_dead_letters_total",
+            "Webhook messages given up after the last retry (listed on /ops; "
+            "`frustration webhooks replay` re-sends).",
+            registry=reg,
+        )
+        self.webhook_delivery_latency_seconds = Histogram(
+            "frustration_webhook_delivery_latency_seconds",
+            "Seconds from the outbox write (the queue change) to the receiver's 2xx answer.",
+            buckets=WEBHOOK_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.webhook_outbox_depth = Gauge(
+            "frustration_webhook_outbox_depth",
+            "Webhook messages waiting for delivery (not delivered, not dead-lettered).",
+            registry=reg,
+        )
+        self.webhook_oldest_pending_age_seconds = Gauge(
+            "frustration_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook message waiting for delivery; 0 when there is none.",
+            registry=reg,
+        )
         self.build_info = Gauge(
             "frustration_build_info",
             "Always 1; labels carry the version and the runner (embedded or kafka).",
@@ -350,6 +419,11 @@ class FrustrationMetrics:
             self.queue_items.labels(status=status).set(0)
         for code in INGEST_CODES:
             self.ingest_requests.labels(code=code)
+        for source in SOURCES:
+            for outcome in SOURCE_OUTCOMES:
+                self.source_events.labels(source=source, outcome=outcome)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_attempts.labels(outcome=outcome)
 
         self._version = version if version is not None else _package_version()
         self.set_build_info(runner)
@@ -422,6 +496,21 @@ class FrustrationMetrics:
         for gauge in (self.partition_input_lag_messages, self.partition_stalled):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(partition))
+
+    def source_events_seen(self, source: str, outcome: str, n: int = 1) -> None:
+        """`n` items of a source body (segment, posthog) that ended as `outcome`."""
+        if n:
+            self.source_events.labels(
+                source=_check(source, SOURCES, "source"),
+                outcome=_check(outcome, SOURCE_OUTCOMES, "outcome"),
+            ).inc(n)
+
+    def webhook_attempt(self, outcome: str) -> None:
+        self.webhook_attempts.labels(outcome=_check(outcome, WEBHOOK_OUTCOMES, "outcome")).inc()
+
+    def set_webhook_outbox(self, depth: int, oldest_pending_age_seconds: float) -> None:
+        self.webhook_outbox_depth.set(depth)
+        self.webhook_oldest_pending_age_seconds.set(max(0.0, oldest_pending_age_seconds))
 
     def ingest_request(self, code: int | str) -> None:
         """Count one HTTP ingest response.

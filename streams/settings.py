@@ -11,12 +11,61 @@ Command-line options override both. `frustration settings` prints every setting 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detectors.config import DetectionConfig
 from signals.wire import DEFAULT_MAX_EVENT_BYTES
+
+#: The webhook event types an endpoint can subscribe to.
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
+    "flag.opened",
+    "flag.escalated",
+    "flag.resolved",
+    "incident.opened",
+    "incident.updated",
+    "incident.closed",
+    "security_alert.raised",
+)
+#: What each body shape can carry (a helpdesk ticket is made once; Slack gets the bulk items).
+WEBHOOK_SHAPE_TYPES: dict[str, tuple[str, ...]] = {
+    "standard": WEBHOOK_EVENT_TYPES,
+    "zendesk": ("flag.opened", "incident.opened"),
+    "slack": ("incident.opened", "incident.updated", "incident.closed", "security_alert.raised"),
+}
+
+
+class WebhookEndpoint(BaseModel):
+    """One webhook receiver: where, its Standard Webhooks secret, the event types it wants, and
+    the body shape (`standard`: the public JSON in a Standard Webhooks envelope; `zendesk`: a
+    Zendesk ticket; `slack`: a Slack incoming-webhook message)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr = Field(description="whsec_<base64 key>, as Standard Webhooks prescribes")
+    events: tuple[str, ...] = WEBHOOK_EVENT_TYPES
+    shape: Literal["standard", "zendesk", "slack"] = "standard"
+    authorization: SecretStr | None = Field(
+        None, description="Authorization header to send (e.g. Zendesk's Basic API token)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookEndpoint:
+        unknown = [e for e in self.events if e not in WEBHOOK_EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; one of {WEBHOOK_EVENT_TYPES}")
+        allowed = WEBHOOK_SHAPE_TYPES[self.shape]
+        if self.shape != "standard":
+            wrong = [e for e in self.events if e not in allowed]
+            if wrong:
+                raise ValueError(f"shape {self.shape} carries only {allowed}, not {wrong}")
+        if not self.secret.get_secret_value().startswith("whsec_"):
+            raise ValueError("secret must start with whsec_ (Standard Webhooks)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -104,6 +153,47 @@ class Settings(BaseSettings):
     )
     worker_batch_size: int = Field(
         1000, ge=1, description="Most events the worker routes in one batch (stream.take)."
+    )
+
+    # -- sources and webhooks (streams.sources, streams.queue.webhooks) ---------------------------
+    source_mapping_path: Path | None = Field(
+        None,
+        description="Mapping file (TOML) of Segment / RudderStack / PostHog events to ours "
+        "(none: the default shipped in streams/sources/default_mapping.toml).",
+    )
+    webhooks: tuple[WebhookEndpoint, ...] = Field(
+        (),
+        description='Webhook endpoints, as JSON: [{"name", "url", "secret": '
+        '"whsec_...", "events": [...], "shape": standard|zendesk|slack}] (README).',
+    )
+    webhook_retry_base_s: float = Field(
+        5.0, gt=0, description="Delay before the first retry of a failed webhook delivery."
+    )
+    webhook_retry_max_delay_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest delay between two delivery attempts (doubling stops there).",
+    )
+    webhook_max_attempts: int = Field(
+        20,
+        ge=1,
+        description="Delivery attempts before a webhook message is dead-lettered (with the "
+        "defaults about 10.4 hours of retries).",
+    )
+    webhook_retry_jitter: float = Field(
+        0.2, ge=0, lt=1, description="Each retry delay is scaled by a random factor 1 ± this."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")
+    webhook_concurrency: int = Field(
+        8, ge=1, description="Deliveries in flight at once (one per client at most, in order)."
+    )
+    webhook_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often the delivery loop looks for due webhook messages."
+    )
+    webhook_keep_delivered_s: float = Field(
+        604800.0,
+        gt=0,
+        description="Delivered webhook messages are kept this long (for `webhooks replay`).",
     )
 
     @property

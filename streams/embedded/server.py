@@ -4,6 +4,7 @@ Routes of its own::
 
     POST /v1/events                 ingest: one event, a JSON array, or NDJSON      (API key)
     GET  /collector.js              the browser collector
+    POST /segment/v1/..., /posthog/...   Segment / RudderStack / PostHog bodies (streams.sources)
 
 and the support queue's (streams.queue.api: /v1/flags, /v1/incidents, /v1/alerts, /queue, /ops,
 /metrics, /healthz, /readyz), over the embedded runner's queue feed.
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streams.embedded.ingest import decode_body
+from streams.embedded.ingest import DecodedBatch, decode_body
 from streams.embedded.runner import EmbeddedRunner
 from streams.metrics import FrustrationMetrics
 from streams.queue.api import (
@@ -34,6 +35,7 @@ from streams.queue.api import (
 )
 from streams.queue.store import QueueStore
 from streams.settings import Settings
+from streams.sources.routes import add_source_routes
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,19 @@ async def post_events(request: web.Request) -> web.Response:
     received_at = time.time()
     not_after_ms = int((received_at + settings.max_clock_skew_s) * 1000)
     batch = decode_body(bytes(body), settings.max_event_bytes, not_after_ms)
-    runner.feed.record_invalid(batch.dead_letters)
-    runner.ingest(batch.events, received_at)
+    accept_events(runner, batch, received_at)
     result = {"accepted": len(batch.events), "rejected": batch.rejected}
     if not batch.events:
         result["error"] = "no valid event in the body"
         return answer(400, result)
     return answer(202, result)
+
+
+def accept_events(runner: EmbeddedRunner, batch: DecodedBatch, received_at: float) -> None:
+    """One request's validated events and dead letters into the runner: every ingest route
+    (ours, Segment's, PostHog's) hands over here."""
+    runner.feed.record_invalid(batch.dead_letters)
+    runner.ingest(batch.events, received_at)
 
 
 async def options_events(request: web.Request) -> web.Response:
@@ -133,4 +141,5 @@ def build_app(settings: Settings, metrics: FrustrationMetrics | None = None) -> 
     app.router.add_post("/v1/events", post_events)
     app.router.add_route("OPTIONS", "/v1/events", options_events)
     app.router.add_get("/collector.js", collector_js)
+    add_source_routes(app, settings, runner.metrics, lambda b, at: accept_events(runner, b, at))
     return app

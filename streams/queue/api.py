@@ -34,7 +34,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signals.exceptions import ConfigurationError
-from streams.queue import pages
+from streams.queue import pages, webhooks
 from streams.queue.feed import QueueFeed
 from streams.queue.store import QueueError, QueueStore
 from streams.settings import Settings
@@ -290,6 +290,7 @@ def build_queue_app(settings: Settings, feed: QueueFeed) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
+    webhooks.run_with_app(app, feed.webhooks)
     return app
 
 

@@ -24,6 +24,7 @@ from signals.incidents import Incident
 from streams.event_time import idle_advance_target
 from streams.metrics import FrustrationMetrics
 from streams.queue.store import QueueStore
+from streams.queue.webhooks import Outbox, WebhookDelivery
 from streams.replay import late_record
 from streams.settings import Settings
 
@@ -61,6 +62,11 @@ class QueueFeed:
         # they are made; counted again here, every rate in the alert rules would double.
         self.counts_flags = counts_flags
         self.tracker = IncidentTracker(settings.detection)
+        # Webhooks out: the outbox is written with every queue change (both runners write here).
+        self.outbox = Outbox(store, settings)
+        self.webhooks = (
+            WebhookDelivery(settings, self.outbox, metrics) if settings.webhooks else None
+        )
         self.activity = RecentActivity(deque(), deque(), Counter())
         # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
         self._receipts: deque[tuple[int, float]] = deque()
@@ -197,6 +203,7 @@ class QueueFeed:
         counts = self.store.counts(now)
         self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
         self.metrics.set_incidents_open(counts.open_incidents)
+        self.metrics.set_webhook_outbox(*self.outbox.depth(now))
         horizon = now - 3600
         for buffer in (self.activity.events, self.activity.signals):
             while buffer and buffer[0][0] < horizon:

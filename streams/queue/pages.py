@@ -13,6 +13,7 @@ from typing import Any
 
 from detectors.engine import EngineStats
 from signals.flags import SEVERITIES, SIGNAL_KINDS
+from streams.queue import webhooks
 from streams.queue.feed import QueueFeed
 from streams.queue.store import OUTCOMES, QueueStore
 
@@ -250,6 +251,6 @@ def ops_page(feed: QueueFeed) -> str:
         "<h2>Flags by severity</h2><table><tr><th>severity</th><th>open now</th>"
         f"<th>opened (total)</th><th>escalated to (total)</th></tr>{severity_rows}</table>"
         "<h2>Where people rage-click</h2><table><tr><th>page</th><th>control</th>"
-        f"<th>rage-click signals</th></tr>{top_rows}</table>"
+        f"<th>rage-click signals</th></tr>{top_rows}</table>" + webhooks.ops_html(feed.outbox)
     )
     return _layout("Operations", body, refresh_s=5)

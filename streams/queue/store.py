@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +128,12 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
+#: Told about every queue change a webhook can announce, inside that change's transaction (so the
+#: webhook outbox row commits or rolls back with it): event type (flag.opened, ...), ordering key
+#: (the client's user_id; incident:<id>, alert:<id>) and the public JSON. streams.queue.webhooks.
+ChangeHook = Callable[[str, str, dict[str, Any]], None]
+
+
 class QueueError(Exception):
     """A queue operation that cannot be done (unknown flag, wrong state, bad outcome)."""
 
@@ -174,6 +180,27 @@ class QueueStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self.on_change: ChangeHook | None = None
+
+    def _announce(self, event_type: str, kind: str, item_id: str) -> None:
+        """Tell `on_change` (the webhook outbox) about a change, with the item's public JSON."""
+        if self.on_change is None:
+            return
+        if kind == "flag":
+            row = self.db.execute("SELECT * FROM flags WHERE flag_id = ?", (item_id,)).fetchone()
+            payload, key = _flag_row(row), row["user_id"]
+        elif kind == "incident":
+            row = self.db.execute(
+                "SELECT * FROM incidents WHERE incident_id = ?", (item_id,)
+            ).fetchone()
+            payload, key = self._incident_row(row), f"incident:{item_id}"
+        else:
+            row = self.db.execute(
+                "SELECT alert_json, created_at FROM alerts WHERE alert_id = ?", (item_id,)
+            ).fetchone()
+            payload = orjson.loads(row["alert_json"]) | {"received_at": row["created_at"]}
+            key = f"alert:{item_id}"
+        self.on_change(event_type, key, payload)
 
     def close(self) -> None:
         self.db.close()
@@ -243,6 +270,7 @@ class QueueStore:
                 self._history(flag.flag_id, "flagged", flag.severity, flag.reason)
                 if incident is not None:
                     self._grouped(flag.flag_id, incident)
+                self._announce("flag.opened", "flag", flag.flag_id)
                 return FlagWrite(
                     new=True, grouped_into=incident, listed_in=incident if listed else None
                 )
@@ -293,6 +321,7 @@ class QueueStore:
                 self._grouped(flag.flag_id, grouped)
             elif incident is None and stored is not None:
                 self._history(flag.flag_id, "ungrouped", None, "stronger evidence of its own")
+            self._announce("flag.escalated", "flag", flag.flag_id)
             return FlagWrite(
                 escalated=True, grouped_into=grouped, listed_in=flag.incident_id if listed else None
             )
@@ -363,6 +392,7 @@ class QueueStore:
                     ),
                 )
                 self._incident_history(incident.incident_id, "opened", incident.evidence)
+                self._announce("incident.opened", "incident", incident.incident_id)
                 return IncidentWrite(new=True, closed=incident.status == "closed")
             if incident.update <= row["update_no"]:
                 return None
@@ -381,25 +411,30 @@ class QueueStore:
             closed = incident.status == "closed" and row["state"] != "closed"
             if closed:
                 self._incident_history(incident.incident_id, "closed", incident.evidence)
+            what = "incident.closed" if closed else "incident.updated"
+            self._announce(what, "incident", incident.incident_id)
             return IncidentWrite(closed=closed)
 
     def add_alert(self, alert: SecurityAlert | dict[str, Any]) -> bool:
         """Store one security alert; True when it was new."""
         if isinstance(alert, dict):
             alert = SecurityAlert.model_validate(alert)
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO alerts (alert_id, kind, ip, distinct_accounts, event_ts, "
-            "created_at, alert_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                alert.alert_id,
-                alert.kind,
-                alert.ip,
-                alert.distinct_accounts,
-                alert.ts,
-                time.time(),
-                alert.model_dump_json().encode(),
-            ),
-        )
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO alerts (alert_id, kind, ip, distinct_accounts, event_ts, "
+                "created_at, alert_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert.alert_id,
+                    alert.kind,
+                    alert.ip,
+                    alert.distinct_accounts,
+                    alert.ts,
+                    time.time(),
+                    alert.model_dump_json().encode(),
+                ),
+            )
+            if cur.rowcount == 1:
+                self._announce("security_alert.raised", "alert", alert.alert_id)
         return cur.rowcount == 1
 
     def add_dead_letters(self, records: list[dict[str, Any]], keep: int = 10_000) -> None:
@@ -481,6 +516,7 @@ class QueueStore:
         with self._tx() as db:
             _resolve_item(db, "flag", flag_id, outcome, note, time.time())
             self._history(flag_id, "resolved", None, outcome)
+            self._announce("flag.resolved", "flag", flag_id)
         return self.get_flag(flag_id)
 
     # -- incidents --------------------------------------------------------------------------------
@@ -567,7 +603,9 @@ class QueueStore:
                     db, "flag", flag_id, outcome, f"resolved with incident {incident_id}", now
                 )
                 self._history(flag_id, "resolved", None, f"{outcome} (incident {incident_id})")
+                self._announce("flag.resolved", "flag", flag_id)
             self._incident_history(incident_id, "resolved", f"{outcome}; {len(flag_ids)} flags")
+            self._announce("incident.updated", "incident", incident_id)
         return self.get_incident(incident_id)
 
     def _incident_row(self, row: sqlite3.Row) -> dict[str, Any]:

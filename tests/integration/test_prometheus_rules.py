@@ -45,6 +45,8 @@ EXPECTED_ALERTS = {
     "FrustrationTargetDown",
     "FrustrationFlagLatencyBudgetBurn",
     "FrustrationFlagLatencyBudgetBurnSlow",
+    "FrustrationWebhookBacklog",
+    "FrustrationWebhookDeadLetters",
 }
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "1d", "3d")
 

@@ -19,6 +19,7 @@ from streams.metrics import (
     QUEUE_STATUSES,
     SEVERITIES,
     SIGNAL_KINDS,
+    SOURCE_OUTCOMES,
     FrustrationMetrics,
     label_values,
 )
@@ -26,6 +27,7 @@ from streams.metrics import (
 # name as exposed -> (type, label names, {label: fixed values} pre-initialised at 0)
 # The per-partition gauges get a child per partition a worker holds, none before (PER_PARTITION).
 PER_PARTITION = {"frustration_partition_input_lag_messages", "frustration_partition_stalled"}
+TWO_LABELS = {"frustration_source_events_total"}
 CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = {
     "frustration_events_received_total": ("counter", ("type",), {"type": EVENT_TYPES}),
     "frustration_events_invalid_total": ("counter", ("reason",), {"reason": INVALID_REASONS}),
@@ -56,6 +58,17 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     "frustration_consumer_lag_messages": ("gauge", (), {}),
     "frustration_partition_input_lag_messages": ("gauge", ("partition",), {}),
     "frustration_partition_stalled": ("gauge", ("partition",), {}),
+    # Two labels: its children are checked pair by pair (test_source_children_exist_at_zero).
+    "frustration_source_events_total": ("counter", ("source", "outcome"), {}),
+    "frustration_webhook_attempts_total": (
+        "counter",
+        ("outcome",),
+        {"outcome": ("success", "failure")},
+    ),
+    "frustration_webhook_dead_letters_total": ("counter", (), {}),
+    "frustration_webhook_delivery_latency_seconds": ("histogram", (), {}),
+    "frustration_webhook_outbox_depth": ("gauge", (), {}),
+    "frustration_webhook_oldest_pending_age_seconds": ("gauge", (), {}),
     "frustration_build_info": ("gauge", ("version", "runner"), {}),
 }
 
@@ -105,8 +118,20 @@ def test_labelled_children_exist_at_zero(metrics: FrustrationMetrics) -> None:
             for value in values:
                 got = reg.get_sample_value(sample_name, {label: value})
                 assert got == 0.0, (sample_name, label, value, got)
-        if not fixed and name != "frustration_build_info" and name not in PER_PARTITION:
+        if not fixed and name not in ("frustration_build_info", *PER_PARTITION, *TWO_LABELS):
             assert reg.get_sample_value(sample_name) == 0.0, sample_name
+
+
+def test_source_children_exist_at_zero(metrics: FrustrationMetrics) -> None:
+    for source in ("segment", "posthog"):
+        for outcome in SOURCE_OUTCOMES:
+            labels = {"source": source, "outcome": outcome}
+            got = metrics.registry.get_sample_value("frustration_source_events_total", labels)
+            assert got == 0.0, labels
+    with pytest.raises(ValueError):
+        metrics.source_events_seen("mixpanel", "mapped")
+    with pytest.raises(ValueError):
+        metrics.webhook_attempt("maybe")
 
 
 def test_fixed_label_sets_are_the_contract() -> None:
@@ -126,7 +151,17 @@ def test_fixed_label_sets_are_the_contract() -> None:
     assert values["kind"] == ("rage_click", "failed_logins", "abrupt_chat_end")
     assert values["severity"] == ("low", "medium", "high", "critical")
     assert values["status"] == ("open", "claimed", "resolved")
-    assert values["code"] == ("202", "400", "401", "413", "415", "500")
+    # 200: the Segment and PostHog routes answer as those APIs do (their SDKs retry anything else).
+    assert values["code"] == ("200", "202", "400", "401", "413", "415", "500")
+    assert values["source"] == ("segment", "posthog")
+    assert values["outcome"] == (
+        "mapped",
+        "unmapped",
+        "invalid",
+        "corroborating",
+        "success",
+        "failure",
+    )
     assert values["stage"] == ("batch", "route", "detect")
     assert values["runner"] == ("embedded", "kafka")
 
