@@ -37,6 +37,10 @@ frustration_ingest_requests_total           counter    code                HTTP 
 frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
 frustration_partition_input_lag_messages    gauge      partition           unread, per partition
 frustration_partition_stalled               gauge      partition           1: no progress, unread
+            registry=reg,
+        )
+frustration_false_flag_share                gauge      kind, window        agents' "not frustration"
+frustration_incident_updates_overdue        gauge      kind                client update overdue
 frustration_build_info                      gauge      version, runner     always 1
 ==========================================  =========  ==================  =====================
 
@@ -74,6 +78,7 @@ __all__ = [
     "RUNNERS",
     "SECURITY_ALERT_KINDS",
     "SEVERITIES",
+    "SHARE_WINDOWS",
     "SIGNAL_KINDS",
     "FrustrationMetrics",
     "label_values",
@@ -91,6 +96,8 @@ PROCESSING_STAGES: tuple[str, ...] = ("batch", "route", "detect")
 QUEUE_STATUSES: tuple[str, ...] = _QUEUE_STATUSES
 INGEST_CODES: tuple[str, ...] = ("202", "400", "401", "413", "415", "500")
 RUNNERS: tuple[str, ...] = ("embedded", "kafka")
+#: Windows of the false-flag share (resolved flags of the last 7 and 30 days).
+SHARE_WINDOWS: tuple[str, ...] = ("7d", "30d")
 
 #: Label names that must never appear on any metric (privacy).
 FORBIDDEN_LABELS: frozenset[str] = frozenset(
@@ -163,6 +170,7 @@ def label_values() -> dict[str, tuple[str, ...]]:
         "status": QUEUE_STATUSES,
         "code": INGEST_CODES,
         "runner": RUNNERS,
+        "window": SHARE_WINDOWS,
     }
 
 
@@ -322,6 +330,20 @@ class FrustrationMetrics:
             ["partition"],
             registry=reg,
         )
+        self.false_flag_share = Gauge(
+            "frustration_false_flag_share",
+            "Share of the flags resolved in the window that agents marked as not frustration "
+            "(outcome false_positive), by signal kind: a live precision estimate (1 - share).",
+            ["kind", "window"],
+            registry=reg,
+        )
+        self.incident_updates_overdue = Gauge(
+            "frustration_incident_updates_overdue",
+            "Unresolved incidents whose proactive update to their clients is overdue "
+            "(incident_update_interval_s), by signal kind.",
+            ["kind"],
+            registry=reg,
+        )
         self.build_info = Gauge(
             "frustration_build_info",
             "Always 1; labels carry the version and the runner (embedded or kafka).",
@@ -350,6 +372,10 @@ class FrustrationMetrics:
             self.queue_items.labels(status=status).set(0)
         for code in INGEST_CODES:
             self.ingest_requests.labels(code=code)
+        for kind in SIGNAL_KINDS:
+            self.incident_updates_overdue.labels(kind=kind).set(0)
+            for window in SHARE_WINDOWS:
+                self.false_flag_share.labels(kind=kind, window=window).set(0)
 
         self._version = version if version is not None else _package_version()
         self.set_build_info(runner)
@@ -438,3 +464,15 @@ class FrustrationMetrics:
             else:
                 raise ValueError(f"code={label!r} is not an ingest response code")
         self.ingest_requests.labels(code=label).inc()
+
+    def set_false_flag_share(self, kind: str, window: str, share: float) -> None:
+        self.false_flag_share.labels(
+            kind=_check(kind, SIGNAL_KINDS, "kind"), window=_check(window, SHARE_WINDOWS, "window")
+        ).set(share)
+
+    def set_incident_updates_overdue(self, counts: Mapping[str, int]) -> None:
+        """Overdue incident updates by kind (kinds missing from ``counts`` -> 0)."""
+        for kind in counts:
+            _check(kind, INCIDENT_KINDS, "kind")
+        for kind in INCIDENT_KINDS:
+            self.incident_updates_overdue.labels(kind=kind).set(counts.get(kind, 0))
