@@ -26,7 +26,7 @@ from streams.kafka.io import partition_for
 from streams.lab.simulator import Simulator
 from streams.replay import replay_lines
 from tests.integration.service_fixture import ServiceFactory
-from tests.integration.test_incidents_service import outage_failures
+from tests.integration.test_incidents_service import PACE_ENV, outage_failures
 from tests.integration.worker_fixture import (
     PARTITIONS,
     KafkaRunnerEnv,
@@ -267,6 +267,7 @@ def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_top
             "FRUSTRATION_DETECTION__INCIDENT_LATENESS_MS": "500",
             "FRUSTRATION_DETECTION__LOGIN_CONFIRM_MS": "2000",
             "FRUSTRATION_IDLE_ADVANCE_S": "0.5",
+            **PACE_ENV,
         }
     )
     sink = service_factory(env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "q")
