@@ -130,6 +130,11 @@ def _waiting(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _status(status: str) -> str:
+    """open / claimed / resolved as the agent says it (Waiting, Being handled, Done)."""
+    return escape(wording.words(wording.STATUS_WORDS, status, status))
+
+
 def _sev(severity: str) -> str:
     return f'<span class="sev {escape(severity)}">{escape(severity)}</span>'
 
@@ -223,7 +228,7 @@ def _incident_rows(store: QueueStore, context: PageContext, filters: Filters, ba
         individually = len(clients) - grouped
         listed = "".join(
             f'<li><a href="/queue/flags/{escape(c["flag_id"])}"><code>{escape(c["user_id"])}'
-            f"</code></a> <span class=muted>{escape(c['severity'])}, {escape(c['status'])}"
+            f"</code></a> <span class=muted>{escape(c['severity'])}, {_status(c['status'])}"
             f"{'' if c['grouped'] else ', individual'}</span></li>"
             for c in clients[:LISTED_CLIENTS]
         )
@@ -254,7 +259,7 @@ def _incident_rows(store: QueueStore, context: PageContext, filters: Filters, ba
             f"<blockquote>{escape(message)}</blockquote>"
             f"<details><summary>Affected clients ({len(clients)})</summary><ul>{listed}{more}"
             f"</ul></details></td><td>{_waiting(context.now - item['created_at'])}</td>"
-            f"<td>{escape(item['status'])}</td>"
+            f"<td>{_status(item['status'])}</td>"
             f"<td>{_actions(f'/v1/incidents/{iid}', item, context, back)}</td></tr>"
         )
     if not rows:
@@ -299,7 +304,7 @@ def inbox_list(store: QueueStore, context: PageContext, filters: Filters) -> str
             f'<td><a href="/queue/flags/{fid}"><code>{escape(f["user_id"])}</code></a></td>'
             f"<td>{escape(flag_summary(f))}<br>"
             f'<a class=open-case href="/queue/flags/{fid}">open case</a></td>'
-            f"<td>{escape(f['status'])}</td>"
+            f"<td>{_status(f['status'])}</td>"
             f"<td>{_actions(f'/v1/flags/{fid}', f, context, back)}</td></tr>"
         )
     empty = "No case matches these filters." if filters.narrowed else "No one is waiting right now."
@@ -503,7 +508,7 @@ def flag_page(store: QueueStore, context: PageContext, flag_id: str) -> str:
         )
     body = (
         f"<section class=case><p class=lead>{_sev(flag['severity'])} "
-        f"Client <code>{escape(flag['user_id'])}</code> · {escape(flag['status'])} · "
+        f"Client <code>{escape(flag['user_id'])}</code> · {_status(flag['status'])} · "
         f"flagged {_time(flag['created_at'], now)}</p>"
         f"<p class=summary>{escape(flag_summary(flag))}</p>{incident}"
         f"<div class=actions>{_case_actions(flag, context)}</div></section>"
@@ -545,7 +550,7 @@ def incident_page(store: QueueStore, context: PageContext, incident_id: str) -> 
         )
     clients = "".join(
         f'<tr><td><a href="/queue/flags/{escape(c["flag_id"])}"><code>{escape(c["user_id"])}'
-        f"</code></a></td><td>{_sev(c['severity'])}</td><td>{escape(c['status'])}"
+        f"</code></a></td><td>{_sev(c['severity'])}</td><td>{_status(c['status'])}"
         f"{'' if c['grouped'] else ' (individual case)'}</td></tr>"
         for c in item["clients"]
     )

@@ -243,7 +243,14 @@ def load_messages(path: Path | None = None) -> dict[str, str]:
     else:
         text = resources.files("streams.queue").joinpath("messages.toml").read_text("utf-8")
     data = tomllib.loads(text)
-    return {str(k): str(v["text"]).strip() for k, v in data.items() if isinstance(v, dict)}
+    return {str(k): _paragraphs(str(v["text"])) for k, v in data.items() if isinstance(v, dict)}
+
+
+def _paragraphs(text: str) -> str:
+    """A template as the agent copies it: the file's line breaks joined, blank lines kept as
+    paragraph breaks (so the message wraps to any screen, and pastes as prose)."""
+    paragraphs = [" ".join(p.split()) for p in text.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def message_key(kind: str, evidence: dict[str, Any]) -> str:
