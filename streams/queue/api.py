@@ -256,6 +256,8 @@ def _page_words(exc: QueueError, me: str | None) -> str:
         return "This case was already resolved."
     if "is open, not claimed" in text:
         return "Nobody holds this case any more."
+    if text.startswith("unknown outcome"):
+        return "Choose how the case ended before resolving it."
     if text == "claim needs the agent's name":
         return "Type your name to claim a case."
     return text[:1].upper() + text[1:] + "."

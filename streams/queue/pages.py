@@ -135,6 +135,14 @@ def _status(status: str) -> str:
     return escape(wording.words(wording.STATUS_WORDS, status, status))
 
 
+def _client_status(client: dict[str, Any]) -> str:
+    """A client of an incident: covered by its bulk message, or a case of their own."""
+    if client["grouped"] and client["status"] == "open":
+        return "covered by the bulk message"
+    own = "" if client["grouped"] else " (a case of their own)"
+    return _status(client["status"]) + own
+
+
 def _sev(severity: str) -> str:
     return f'<span class="sev {escape(severity)}">{escape(severity)}</span>'
 
@@ -158,8 +166,13 @@ def _name_field(context: PageContext, name: str = "agent", placeholder: str = "y
 
 
 def _outcome_select() -> str:
+    # No outcome is preselected: a case resolved without reading the list would teach /ops's
+    # false-flag share nothing (the browser asks for a choice first).
     options = "".join(f'<option value="{o}">{escape(OUTCOME_WORDS[o])}</option>' for o in OUTCOMES)
-    return f'<select name=outcome aria-label="outcome">{options}</select>'
+    return (
+        '<select name=outcome aria-label="outcome" required>'
+        f'<option value="" selected disabled>How did it end?</option>{options}</select>'
+    )
 
 
 def _claim_form(path: str, context: PageContext, back: str, label: str = "Claim") -> str:
@@ -299,12 +312,12 @@ def inbox_list(store: QueueStore, context: PageContext, filters: Filters) -> str
     for f in flags:
         fid = escape(f["flag_id"])
         rows.append(
-            f'<tr data-key="flag-{fid}"><td>{_sev(f["severity"])}</td>'
-            f"<td>{_waiting(context.now - f['created_at'])}</td>"
-            f'<td><a href="/queue/flags/{fid}"><code>{escape(f["user_id"])}</code></a></td>'
-            f"<td>{escape(flag_summary(f))}<br>"
+            f'<tr data-key="flag-{fid}"><td class=meta>{_sev(f["severity"])}</td>'
+            f"<td class=meta data-label=waiting>{_waiting(context.now - f['created_at'])}</td>"
+            f'<td class="meta client"><a href="/queue/flags/{fid}"><code>{escape(f["user_id"])}'
+            f"</code></a></td><td>{escape(flag_summary(f))}<br>"
             f'<a class=open-case href="/queue/flags/{fid}">open case</a></td>'
-            f"<td>{_status(f['status'])}</td>"
+            f"<td class=status>{_status(f['status'])}</td>"
             f"<td>{_actions(f'/v1/flags/{fid}', f, context, back)}</td></tr>"
         )
     empty = "No case matches these filters." if filters.narrowed else "No one is waiting right now."
@@ -401,7 +414,7 @@ def _history_rows(history: list[dict[str, Any]], now: float, note: str | None = 
         elif h["what"] == "reassigned":
             text = (detail or "").replace(" -> ", " → ")
         elif h["what"] in ("flagged", "escalated", "reopened"):
-            text = f"severity {h.get('severity')}" if h.get("severity") else ""
+            text = f"Severity: {h.get('severity')}" if h.get("severity") else ""
         elif h["what"] == "grouped":
             text = ""
         else:
@@ -433,15 +446,18 @@ def _case_actions(flag: dict[str, Any], context: PageContext) -> str:
         return held + "<p class=muted>Only the agent holding a case can resolve it.</p>"
     return (
         held
+        + "<div class=act><span class=label>Done with it:</span>"
         + _resolve_form(path, context, back)
+        + "</div><div class=act><span class=label>For the next person:</span>"
         + f'<form method=post action="{path}/notes">{_hidden(context, back)}'
         '<input name=note placeholder="add a note" aria-label="add a note" maxlength=500 '
-        "size=24 required><button>Add note</button></form>"
+        "size=24 required><button>Add note</button></form></div>"
+        + "<div class=act><span class=label>Someone else should take it:</span>"
         + f'<form method=post action="{path}/reassign">{_hidden(context, back)}'
         '<input name=to placeholder="hand over to" aria-label="hand over to" maxlength=64 '
         "size=12 required><button>Hand over</button></form>"
         + f'<form method=post action="{path}/unclaim">{_hidden(context, back)}'
-        "<button class=quiet>Give back to the queue</button></form>"
+        "<button class=quiet>Give back to the queue</button></form></div>"
     )
 
 
@@ -550,8 +566,7 @@ def incident_page(store: QueueStore, context: PageContext, incident_id: str) -> 
         )
     clients = "".join(
         f'<tr><td><a href="/queue/flags/{escape(c["flag_id"])}"><code>{escape(c["user_id"])}'
-        f"</code></a></td><td>{_sev(c['severity'])}</td><td>{_status(c['status'])}"
-        f"{'' if c['grouped'] else ' (individual case)'}</td></tr>"
+        f"</code></a></td><td>{_sev(c['severity'])}</td><td>{_client_status(c)}</td></tr>"
         for c in item["clients"]
     )
     message = wording.incident_message(context.messages, item)
@@ -559,9 +574,8 @@ def incident_page(store: QueueStore, context: PageContext, incident_id: str) -> 
         f"<section class=case><p class=lead><b>{escape(KIND_WORDS[item['kind']])}</b> · "
         f"{state} · since {_time(wording.parse_wire_ts(item['first_seen_ts']), now)}</p>"
         f"<p class=summary>{escape(incident_summary(item))}</p>"
-        f"<p><b class=count>{item['clients_grouped']}</b> clients wait for the bulk message"
-        f"{'' if item['status'] != 'claimed' else ', claimed by ' + escape(item['claimed_by'])}"
-        f".</p><div class=actions>{_actions(path, item, context, back)}</div>{due_html}</section>"
+        f"<p><b class=count>{item['clients_grouped']}</b> clients wait for the bulk message."
+        f"</p><div class=actions>{_actions(path, item, context, back)}</div>{due_html}</section>"
         "<section><h2>Bulk message</h2>"
         f"<blockquote id=suggested>{escape(message)}</blockquote>"
         "<p class=muted><button type=button data-copy=suggested>Copy</button></p></section>"
@@ -571,7 +585,7 @@ def incident_page(store: QueueStore, context: PageContext, incident_id: str) -> 
         f"<th>Client</th><th>Severity</th><th>Status</th></tr></thead><tbody>{clients}"
         "</tbody></table></section>"
     )
-    return _layout("Incident", body, context)
+    return _layout(f"Incident: {KIND_WORDS[item['kind']]}", body, context)
 
 
 def not_found(context: PageContext, what: str) -> str:
@@ -632,10 +646,13 @@ def ops_page(feed: QueueFeed, context: PageContext) -> str:
     )
     workload_rows = (
         "".join(
-            f"<tr><td>{escape(a['agent'])}</td>"
-            + "".join(f"<td>{a['by_severity'].get(s, 0)}</td>" for s in reversed(SEVERITIES))
-            + f"<td>{a['by_severity'].get('incident', 0)}</td>"
-            f"<td>{_waiting(a['longest_s'])}</td></tr>"
+            f"<tr><td><b>{escape(a['agent'])}</b></td>"
+            + "".join(
+                f"<td class=meta data-label={s}>{a['by_severity'].get(s, 0)}</td>"
+                for s in reversed(SEVERITIES)
+            )
+            + f"<td class=meta data-label=incidents>{a['by_severity'].get('incident', 0)}</td>"
+            f"<td class=meta data-label='longest held'>{_waiting(a['longest_s'])}</td></tr>"
             for a in store.workload(now)
         )
         or "<tr><td colspan=7 class=muted>nobody holds a case</td></tr>"
@@ -654,14 +671,19 @@ def ops_page(feed: QueueFeed, context: PageContext) -> str:
         due_text = "resolved" if due is None else _time(due, now)
         late = due is not None and due < now
         incident_rows.append(
-            f"<tr{' class=overdue' if late else ''}><td>{escape(i['kind'].replace('_', ' '))}"
-            f"</td><td><code>{escape(i['cause'])}</code></td>"
-            f"<td>{escape(i['opened_ts'])}</td><td>{escape(i['last_seen_ts'])}</td>"
-            f"<td>{i['affected_users'] + i['individual_users']}</td><td>{i['peak_rate']:.1f}</td>"
-            f"<td>{i['baseline_rate']:.2f}</td><td>{due_text}</td></tr>"
+            f"<tr{' class=overdue' if late else ''}><td data-label=kind>"
+            f"{escape(KIND_WORDS[i['kind']])}</td>"
+            f'<td title="cause key {escape(i["cause"])}"><a href="/queue/incidents/'
+            f'{escape(i["incident_id"])}">{escape(incident_summary(i))}</a></td>'
+            f"<td data-label=opened>{_time(wording.parse_wire_ts(i['opened_ts']), now)}</td>"
+            f"<td data-label='last flag'>"
+            f"{_time(wording.parse_wire_ts(i['last_seen_ts']), now)}</td>"
+            f"<td data-label='peak clients / min'>{i['peak_rate']:.1f}</td>"
+            f"<td data-label='usual clients / min'>{i['baseline_rate']:.2f}</td>"
+            f"<td data-label='next client update'>{due_text}</td></tr>"
         )
     incidents_html = "".join(incident_rows) or (
-        "<tr><td colspan=8 class=muted>no open incident</td></tr>"
+        "<tr><td colspan=7 class=muted>no open incident</td></tr>"
     )
     body = (
         (
@@ -672,13 +694,14 @@ def ops_page(feed: QueueFeed, context: PageContext) -> str:
             "dashboard); the queue, incidents and alerts below are complete.</p>"
         )
         + f"<div class=cards>{cards_html}</div>"
-        "<h2>Open incidents (many clients, one cause)</h2><table class=wide><tr><th>kind</th>"
-        "<th>cause</th><th>opened</th><th>last flag</th><th>clients</th>"
-        "<th>peak clients / min</th><th>usual clients / min</th><th>next client update</th></tr>"
-        f"{incidents_html}</table>"
-        "<h2>Workload: open cases held per agent</h2><table class=wide><tr><th>agent</th>"
-        "<th>critical</th><th>high</th><th>medium</th><th>low</th><th>incidents</th>"
-        f"<th>longest held</th></tr>{workload_rows}</table>"
+        "<h2>Open incidents (many clients, one cause)</h2><table class=rows><thead><tr>"
+        "<th>kind</th><th>what happened</th><th>opened</th><th>last flag</th>"
+        "<th>peak clients / min</th><th>usual clients / min</th><th>next client update</th>"
+        f"</tr></thead><tbody>{incidents_html}</tbody></table>"
+        "<h2>Workload: open cases held per agent</h2><table class=rows><thead><tr>"
+        "<th>agent</th><th>critical</th><th>high</th><th>medium</th><th>low</th>"
+        f"<th>incidents</th><th>longest held</th></tr></thead><tbody>{workload_rows}</tbody>"
+        "</table>"
         "<h2>False flags: resolved cases agents marked “not frustration”</h2>"
         "<table class=wide><tr><th>rule</th><th>last 7 days</th><th>last 30 days</th></tr>"
         f"{share_rows}</table>"

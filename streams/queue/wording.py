@@ -212,7 +212,10 @@ def incident_summary(incident: dict[str, Any]) -> str:
     """What the incident is, in words (its cause key and evidence text hold codes)."""
     kind = incident.get("kind")
     what = str(incident.get("cause", "")).partition(":")[2]
-    clients = incident.get("affected_users", 0) + incident.get("individual_users", 0)
+    # The record counts clients at its last emission (once a minute); the queue counts every
+    # flag grouped since: the larger is the one the agent sees listed.
+    recorded = incident.get("affected_users", 0) + incident.get("individual_users", 0)
+    clients = max(recorded, incident.get("clients_listed", 0))
     if kind == "failed_logins":
         why = words(LOGIN_REASONS, what if what != "-" else None, "for the same reason")
         happened = f"could not sign in: {why}"

@@ -410,7 +410,7 @@ def _no_overflow(page: Page, width: int) -> None:
     wide = page.evaluate(
         "() => [...document.querySelectorAll('body *')].filter(e => {"
         " const r = e.getBoundingClientRect(); return r.width > 0 && r.right > "
-        f"{width} + 1 && !e.closest('table.wide'); }}).map(e => e.tagName + '.' + e.className"
+        f"{width} + 1; }}).map(e => e.tagName + '.' + e.className"
         " + ': ' + (e.textContent || '').slice(0, 40))"
     )
     assert page.evaluate("() => document.documentElement.scrollWidth") <= width, wide
