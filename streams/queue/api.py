@@ -35,6 +35,7 @@ and background tasks to it.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -202,10 +203,10 @@ def _store(request: web.Request) -> QueueStore:
 def _limit(request: web.Request, default: int) -> int:
     """`limit` from the query: a whole number from 0, at most 1000."""
     text = request.query.get("limit", str(default))
-    try:
-        limit = int(text)
-    except ValueError:
-        raise QueueError(f"limit must be a whole number, not {text[:20]!r}") from None
+    # ASCII digits only: int() would also take "１", " 5", "1_0" and 4000-digit numbers.
+    if re.fullmatch(r"-?[0-9]{1,12}", text) is None:
+        raise QueueError(f"limit must be a whole number, not {text[:20]!r}")
+    limit = int(text)
     if limit < 0:
         raise QueueError("limit must be 0 or more")
     return min(1000, limit)
@@ -266,8 +267,12 @@ def _page_words(exc: QueueError, me: str | None) -> str:
 def _back(data: dict[str, Any]) -> str:
     """Where a page form returns to: one of the queue's own pages only."""
     back = data.get("back")
-    if isinstance(back, str) and back.startswith("/queue") and "//" not in back:
-        return back if "\\" not in back else "/queue"
+    if (
+        isinstance(back, str)
+        and back.startswith("/queue")
+        and not any(bad in back for bad in ("//", "\\", "/.."))
+    ):
+        return back
     return "/queue"
 
 

@@ -92,11 +92,14 @@ HISTORY_WORDS: dict[str, str] = {
 }
 
 
-def words(table: dict[str, str], code: str | None, missing: str = "other reason") -> str:
-    """`code` in plain words from one of the tables above; never the raw code."""
+def words(
+    table: dict[str, str], code: str | None, missing: str = "other reason", unknown: str = ""
+) -> str:
+    """`code` in plain words from one of the tables above; never the raw code. `missing` when
+    there is none, `unknown` (default: `missing`) for a code the table does not know."""
     if code is None:
         return missing
-    return table.get(code, missing)
+    return table.get(code, unknown or missing)
 
 
 def duration(ms: float) -> str:
@@ -155,7 +158,7 @@ def signal_sentence(kind: str, e: dict[str, Any]) -> str:
             )
         return f"clicked {control_name(e)}{where} {e['clicks']} times in {duration(e['span_ms'])}"
     if kind == "failed_logins":
-        why = words(LOGIN_REASONS, e.get("last_reason"), "no reason given")
+        why = words(LOGIN_REASONS, e.get("last_reason"), "no reason given", "another reason")
         return (
             f"tried to sign in {e['failures']} times in {duration(e['span_ms'])} and could not "
             f"({why}); no successful sign-in for {duration(e['waited_for_success_ms'])} after"
@@ -180,7 +183,10 @@ def signal_facts(kind: str, e: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "failed_logins":
         return [
             ("Sign-in attempts", f"{e['failures']} in {duration(e['span_ms'])}"),
-            ("Why the last one failed", words(LOGIN_REASONS, e.get("last_reason"), "not given")),
+            (
+                "Why the last one failed",
+                words(LOGIN_REASONS, e.get("last_reason"), "not given", "another reason"),
+            ),
             ("No successful sign-in for", duration(e["waited_for_success_ms"])),
             ("Devices", str(e["distinct_devices"])),
             ("Networks", str(e["distinct_ips"])),

@@ -149,6 +149,31 @@ def test_headers_csrf_credentials_limits(service_factory: ServiceFactory) -> Non
     assert service.get("/v1/incidents?limit=-5").status == 400
     assert service.get("/v1/dead-letters?limit=1.5").status == 400
     assert service.get("/v1/flags?limit=0").json()["count"] == 0
+    assert service.get("/v1/flags?limit=%EF%BC%91").status == 400  # a full-width digit
+    assert service.get("/v1/flags?limit=" + "9" * 5000).status == 400
+    assert service.get("/v1/flags?limit=1_0").status == 400
+    huge = service.get("/v1/flags?limit=999999999999")
+    assert huge.status == 200 and huge.json()["count"] <= 1000  # capped
+
+    # hostile page input: a forged flash cookie and a typed name are text, never markup; a
+    # form's way back stays on the queue's own pages
+    forged = service.request(
+        "GET", "/queue", headers={"Cookie": "frustration_flash=%3Cscript%3Ex()%3C%2Fscript%3E"}
+    )
+    assert "<script>x()" not in forged.text and "&lt;script&gt;x()" in forged.text
+    fid2 = _flag(service, "sec-2")["flag_id"]
+    for back in ("//evil.example/x", "https://evil.example", "/queue/../../x", "/queue\\x"):
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+        body = f"agent=%3Cb%3Em%3C%2Fb%3E&csrf={token}&back={back}"
+        conn.request("POST", f"/v1/flags/{fid2}/claim", body, {**FORM, **auth})
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == 303 and answer.getheader("Location") == "/queue", back
+    assert service.get(f"/v1/flags/{fid2}").json()["claimed_by"] == "<b>m</b>"
+    page = service.get("/queue").text
+    assert "claimed by &lt;b&gt;m&lt;/b&gt;" in page and "<b>m</b>" not in page
+    assert "Traceback" not in service.log()
 
 
 @pytest.mark.parametrize("name", ["FRUSTRATION_QUEUE_TOKEN", "FRUSTRATION_API_KEY"])
