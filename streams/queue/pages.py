@@ -594,6 +594,10 @@ def not_found(context: PageContext, what: str) -> str:
 
 
 # -- operations -----------------------------------------------------------------------------------
+#: Detector rules, as /ops names them in the false-flag table.
+RULE_WORDS = {"burst": "one burst", "repeated_bursts": "repeated bursts"}
+
+
 def _share(n_false: int, n: int) -> str:
     if n == 0:
         return "<span class=muted>none resolved</span>"
@@ -639,11 +643,20 @@ def ops_page(feed: QueueFeed, context: PageContext) -> str:
         for s in SEVERITIES
     )
     shares = store.false_flag_shares(now)
-    share_rows = "".join(
-        f"<tr><td>{escape(KIND_WORDS[k])} <span class=muted>({k.replace('_', ' ')})</span></td>"
-        f"<td>{_share(*shares[k][7])}</td><td>{_share(*shares[k][30])}</td></tr>"
-        for k in SIGNAL_KINDS
-    )
+    by_rule = store.false_flag_shares_by_rule(now)
+    share_parts = []
+    for k in SIGNAL_KINDS:
+        share_parts.append(
+            f"<tr><td>{escape(KIND_WORDS[k])} <span class=muted>({k.replace('_', ' ')})</span>"
+            f"</td><td>{_share(*shares[k][7])}</td><td>{_share(*shares[k][30])}</td></tr>"
+        )
+        for (kind, rule), share in sorted(by_rule.items()):
+            if kind == k:
+                share_parts.append(
+                    f"<tr><td class=sub>rule: {escape(RULE_WORDS.get(rule, 'other rule'))}</td>"
+                    f"<td>{_share(*share[7])}</td><td>{_share(*share[30])}</td></tr>"
+                )
+    share_rows = "".join(share_parts)
     workload_rows = (
         "".join(
             f"<tr><td><b>{escape(a['agent'])}</b></td>"

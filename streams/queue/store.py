@@ -814,6 +814,36 @@ class QueueStore:
                 out[kind][d] = (int(row[1]), int(row[0]))
         return out
 
+    #: Most resolved flags read for the per-rule shares (the newest first), so /ops stays cheap.
+    RULE_SHARE_ROWS = 20_000
+
+    def false_flag_shares_by_rule(
+        self, now: float, days: tuple[int, ...] = (7, 30)
+    ) -> dict[tuple[str, str], dict[int, tuple[int, int]]]:
+        """As `false_flag_shares`, per (kind, rule) for the kinds whose detector has several
+        rules (rage clicks: one burst, repeated bursts); a flag counts for every rule it holds."""
+        out: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        rows = self.db.execute(
+            "SELECT resolved_at, outcome, flag_json FROM flags WHERE status = 'resolved' "
+            "AND resolved_at >= ? AND kinds LIKE '%rage_click%' ORDER BY resolved_at DESC "
+            "LIMIT ?",
+            (now - max(days) * 86_400, self.RULE_SHARE_ROWS),
+        )
+        for row in rows:
+            flag = orjson.loads(row["flag_json"])
+            rules = {
+                (s["kind"], str(s["evidence"].get("rule")))
+                for s in flag.get("signals", [])
+                if s.get("kind") == "rage_click" and s.get("evidence", {}).get("rule")
+            }
+            for key in rules:
+                entry = out.setdefault(key, {d: (0, 0) for d in days})
+                for d in days:
+                    if row["resolved_at"] >= now - d * 86_400:
+                        n_false, n = entry[d]
+                        entry[d] = (n_false + (row["outcome"] == "false_positive"), n + 1)
+        return out
+
     def workload(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
         """Per agent: claimed cases (individual flags and incidents) by severity, and how long
         the longest has been held; heaviest first."""
