@@ -457,4 +457,13 @@ def test_screenshots_at_desk_and_phone_width(desk: Desk, chromium: Browser) -> N
                 assert '{"' not in text, name
                 _no_overflow(page, w)
                 screenshot(page, ARTIFACTS / f"workspace-{name}-{width}.png")
+        # the proactive update to the incident's clients, recorded from its page
+        page.goto(service.base + pages["incident"])
+        page.locator("input[name=note]").fill("status page: sign-in is being fixed")
+        page.locator("button", has_text="Record update sent").click()
+        page.wait_for_load_state("load")
+        timeline = page.locator("ol.timeline").inner_text()
+        assert "Update sent to the clients · Ana" in timeline, timeline
+        assert "status page: sign-in is being fixed" in timeline
+        assert "Next update to clients due" in page.locator(".case").inner_text()
         page.close()
