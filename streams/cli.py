@@ -201,6 +201,38 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- agents ---------------------------------------------------------------------------------------
+def cmd_agents(args: argparse.Namespace) -> int:
+    """Per-agent tokens for the support queue, kept hashed in the queue database."""
+    from streams.queue.store import QueueError, QueueStore
+
+    db = args.db if args.db is not None else _settings().db_path
+    store = QueueStore(db)
+    try:
+        if args.action == "add":
+            try:
+                token = store.add_agent(args.name)
+            except QueueError as exc:
+                print(f"QueueError: {exc}", file=sys.stderr)
+                return 1
+            print(token)
+            print(
+                f"agent {args.name!r} added: the token above is shown only this once; give it to "
+                "them for the queue (Authorization: Bearer <token>, or /queue?token=<token>)",
+                file=sys.stderr,
+            )
+        elif args.action == "remove":
+            if not store.remove_agent(args.name):
+                print(f"QueueError: no agent {args.name!r}", file=sys.stderr)
+                return 1
+        else:
+            for agent in store.list_agents():
+                print(agent["name"])
+    finally:
+        store.close()
+    return 0
+
+
 # -- Kafka runner ---------------------------------------------------------------------------------
 def _kafka_settings(args: argparse.Namespace, **more: Any) -> Any:
     overrides = {k: v for k, v in more.items() if v is not None}
@@ -463,6 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka_commands(sub)
 
     _add_webhook_commands(sub)
+
+    p = sub.add_parser(
+        "agents",
+        help="per-agent tokens for the support queue (add NAME prints the token once)",
+        description="Manage the support agents who sign in to the queue with their own token. "
+        "`add NAME` prints a new token once (only its hash is stored, in the queue database); "
+        "`remove NAME` revokes it; `list` prints the names. Claims, notes and outcomes are "
+        "recorded under the agent's name.",
+    )
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("name", nargs="?", default="", help="the agent's name (add, remove)")
+    p.add_argument("--db", type=Path, help="support-queue SQLite file")
+    p.set_defaults(func=cmd_agents)
 
     p = sub.add_parser(
         "settings",

@@ -43,6 +43,8 @@ frustration_webhook_dead_letters_total      counter    -                   given
 frustration_webhook_delivery_latency_seconds histogram -                   outbox write -> 2xx
 frustration_webhook_outbox_depth            gauge      -                   messages not delivered
 frustration_webhook_oldest_pending_age_seconds gauge   -                   oldest undelivered age
+frustration_false_flag_share                gauge      kind, window        agents' "not frustration"
+frustration_incident_updates_overdue        gauge      kind                client update overdue
 frustration_build_info                      gauge      version, runner     always 1
 ==========================================  =========  ==================  =====================
 
@@ -80,6 +82,7 @@ __all__ = [
     "RUNNERS",
     "SECURITY_ALERT_KINDS",
     "SEVERITIES",
+    "SHARE_WINDOWS",
     "SIGNAL_KINDS",
     "SOURCES",
     "SOURCE_OUTCOMES",
@@ -123,6 +126,8 @@ WEBHOOK_LATENCY_BUCKETS: tuple[float, ...] = (
     4 * 3600.0,
     86400.0,
 )
+#: Windows of the false-flag share (resolved flags of the last 7 and 30 days).
+SHARE_WINDOWS: tuple[str, ...] = ("7d", "30d")
 
 #: Label names that must never appear on any metric (privacy).
 FORBIDDEN_LABELS: frozenset[str] = frozenset(
@@ -197,6 +202,7 @@ def label_values() -> dict[str, tuple[str, ...]]:
         "runner": RUNNERS,
         "source": SOURCES,
         "outcome": SOURCE_OUTCOMES + WEBHOOK_OUTCOMES,
+        "window": SHARE_WINDOWS,
     }
 
 
@@ -391,6 +397,20 @@ class FrustrationMetrics:
             "Age of the oldest webhook message waiting for delivery; 0 when there is none.",
             registry=reg,
         )
+        self.false_flag_share = Gauge(
+            "frustration_false_flag_share",
+            "Share of the flags resolved in the window that agents marked as not frustration "
+            "(outcome false_positive), by signal kind: a live precision estimate (1 - share).",
+            ["kind", "window"],
+            registry=reg,
+        )
+        self.incident_updates_overdue = Gauge(
+            "frustration_incident_updates_overdue",
+            "Unresolved incidents whose proactive update to their clients is overdue "
+            "(incident_update_interval_s), by signal kind.",
+            ["kind"],
+            registry=reg,
+        )
         self.build_info = Gauge(
             "frustration_build_info",
             "Always 1; labels carry the version and the runner (embedded or kafka).",
@@ -424,6 +444,10 @@ class FrustrationMetrics:
                 self.source_events.labels(source=source, outcome=outcome)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_attempts.labels(outcome=outcome)
+        for kind in SIGNAL_KINDS:
+            self.incident_updates_overdue.labels(kind=kind).set(0)
+            for window in SHARE_WINDOWS:
+                self.false_flag_share.labels(kind=kind, window=window).set(0)
 
         self._version = version if version is not None else _package_version()
         self.set_build_info(runner)
@@ -527,3 +551,15 @@ class FrustrationMetrics:
             else:
                 raise ValueError(f"code={label!r} is not an ingest response code")
         self.ingest_requests.labels(code=label).inc()
+
+    def set_false_flag_share(self, kind: str, window: str, share: float) -> None:
+        self.false_flag_share.labels(
+            kind=_check(kind, SIGNAL_KINDS, "kind"), window=_check(window, SHARE_WINDOWS, "window")
+        ).set(share)
+
+    def set_incident_updates_overdue(self, counts: Mapping[str, int]) -> None:
+        """Overdue incident updates by kind (kinds missing from ``counts`` -> 0)."""
+        for kind in counts:
+            _check(kind, INCIDENT_KINDS, "kind")
+        for kind in INCIDENT_KINDS:
+            self.incident_updates_overdue.labels(kind=kind).set(counts.get(kind, 0))

@@ -108,6 +108,40 @@ class Settings(BaseSettings):
         description="Events dated further than this ahead of the service's clock are rejected "
         "(absurd_ts), so one wrong client clock cannot make everyone else's events late.",
     )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins (scheme://host[:port]) of the sites whose pages send events with the "
+        "collector; ingest answers CORS for these only. Empty: pages on this machine only "
+        "(localhost, 127.0.0.1, [::1], any port).",
+    )
+    keepalive_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Idle keep-alive HTTP connections are closed after this many seconds.",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="Addresses or networks (CIDR) of an authenticating reverse proxy whose "
+        "`proxy_user_header` names the agent. Empty: the header is never trusted.",
+    )
+    proxy_user_header: str = Field(
+        "X-Forwarded-Email",
+        description="Header that carries the signed-in agent, trusted only from trusted_proxies.",
+    )
+    queue_refresh_s: float = Field(
+        10.0, gt=0, description="Seconds between live updates of the /queue list."
+    )
+    incident_update_interval_s: float = Field(
+        7200.0,
+        gt=0,
+        description="An open incident's clients get a proactive update at least this often "
+        "(seconds); the queue shows when the next one is due and counts overdue ones.",
+    )
+    messages_path: Path | None = Field(
+        None,
+        description="The platform's own suggested-message templates (TOML, same keys as "
+        "streams/queue/messages.toml). None: the built-in file.",
+    )
     idle_advance_s: float = Field(
         2.0,
         gt=0,

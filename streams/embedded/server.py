@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from streams.queue.api import (
     bearer,
     build_queue_app,
     check_bind,
+    is_loopback,
     json_response,
     secret_ok,
 )
@@ -42,11 +44,20 @@ log = logging.getLogger(__name__)
 RUNNER: web.AppKey[EmbeddedRunner] = web.AppKey("runner", EmbeddedRunner)
 
 
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """The collector's sites (`cors_origins`); with none configured, pages on this machine."""
+    if allowed:
+        return origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and is_loopback((parts.hostname or "").strip("[]"))
+
+
 def _cors_headers(request: web.Request) -> dict[str, str]:
-    # sendBeacon sends credentials, so '*' is not enough: echo the page's origin.
+    # sendBeacon sends credentials, so '*' is not enough: name the page's origin, and only for
+    # the sites configured (never an echo of whatever a page claims to be).
     origin = request.headers.get("Origin")
-    if not origin:
-        return {}
+    if not origin or not origin_allowed(origin, request.app[SETTINGS].cors_origins):
+        return {"Vary": "Origin"} if origin else {}
     return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Credentials": "true",

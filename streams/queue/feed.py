@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.engine import DetectionEngine, LateEvent, Output
@@ -31,13 +31,46 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+#: Most entries each /ops buffer holds: memory stays bounded whatever the traffic (at the cap the
+#: oldest entries go first, so /ops shows the most recent part of the hour).
+ACTIVITY_CAP = 50_000
+#: Rage-click signals counted for "where people rage-click" (the last hour, at most this many).
+RAGE_CONTROLS_CAP = 10_000
+ACTIVITY_HORIZON_S = 3600.0
+
+
 @dataclass(slots=True)
 class RecentActivity:
-    """What the /ops page shows: recent rates and where rage clicks happen (wall-clock based)."""
+    """What the /ops page shows: recent rates and where rage clicks happen (wall-clock based).
 
-    events: deque[tuple[float, int]]  # (wall time, events in batch)
-    signals: deque[tuple[float, str]]  # (wall time, kind)
-    rage_controls: Counter[tuple[str, str]]  # (page, control) of rage-click signals
+    Every buffer is bounded twice: by time (the last hour, pruned as new entries arrive) and by
+    count (`ACTIVITY_CAP`, `RAGE_CONTROLS_CAP`), so a long run or a burst cannot grow it."""
+
+    events: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=ACTIVITY_CAP)
+    )  # (wall time, events in batch)
+    signals: deque[tuple[float, str]] = field(
+        default_factory=lambda: deque(maxlen=ACTIVITY_CAP)
+    )  # (wall time, kind)
+    rage: deque[tuple[float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=RAGE_CONTROLS_CAP)
+    )  # (wall time, page, control) of rage-click signals
+
+    def add_rage(self, at: float, page: str, control: str) -> None:
+        self.rage.append((at, page, control))
+        self.prune(at)
+
+    def prune(self, now: float) -> None:
+        horizon = now - ACTIVITY_HORIZON_S
+        for buffer in (self.events, self.signals, self.rage):
+            while buffer and buffer[0][0] < horizon:
+                buffer.popleft()
+
+    def top_controls(self, now: float, n: int) -> list[tuple[tuple[str, str], int]]:
+        """The `n` (page, control) pairs with most rage-click signals in the last hour."""
+        horizon = now - ACTIVITY_HORIZON_S
+        counts = Counter((page, control) for t, page, control in self.rage if t >= horizon)
+        return counts.most_common(n)
 
 
 class QueueFeed:
@@ -67,9 +100,9 @@ class QueueFeed:
         self.webhooks = (
             WebhookDelivery(settings, self.outbox, metrics) if settings.webhooks else None
         )
-        self.activity = RecentActivity(deque(), deque(), Counter())
+        self.activity = RecentActivity()
         # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
-        self._receipts: deque[tuple[int, float]] = deque()
+        self._receipts: deque[tuple[int, float]] = deque(maxlen=10_000)
         # The queue sink's incident stage (track_incidents): newest flag time, when it came.
         self.newest_flag_ts: int | None = None
         self.last_flag_wall = time.time()
@@ -156,7 +189,7 @@ class QueueFeed:
                 e = out.evidence
                 if isinstance(e, RageClickEvidence):
                     control = e.label or e.target or "?"
-                    self.activity.rage_controls[(e.page or "?", control)] += 1
+                    self.activity.add_rage(now, e.page or "?", control)
             elif isinstance(out, SecurityAlert):
                 if self.store.add_alert(out) and self.counts_flags:
                     self.metrics.security_alert(out.kind)
@@ -204,9 +237,14 @@ class QueueFeed:
         self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
         self.metrics.set_incidents_open(counts.open_incidents)
         self.metrics.set_webhook_outbox(*self.outbox.depth(now))
-        horizon = now - 3600
-        for buffer in (self.activity.events, self.activity.signals):
-            while buffer and buffer[0][0] < horizon:
-                buffer.popleft()
         while self._receipts and len(self._receipts) > 10_000:
             self._receipts.popleft()
+        self.activity.prune(now)
+        shares = self.store.false_flag_shares(now)
+        for kind, windows in shares.items():
+            for days, (n_false, n) in windows.items():
+                self.metrics.set_false_flag_share(kind, f"{days}d", n_false / n if n else 0.0)
+        interval = self.settings.incident_update_interval_s
+        self.metrics.set_incident_updates_overdue(
+            self.store.overdue_incident_updates(now, interval)
+        )

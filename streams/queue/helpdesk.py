@@ -2,32 +2,21 @@
 incoming-webhook message for incidents and security alerts.
 
 Built from the same public JSON the standard webhook carries. The case summary and the suggested
-message of a flag come from `case_summary` and `suggested_message` below: small stand-ins until
-the agent-workspace issue's wording module (streams/queue/wording.py) exists; then these two
-functions call it, and nothing else here changes. Metadata only: no chat text exists to leak.
+message of a flag are the agent workspace's own (streams/queue/wording.py and the platform's
+message templates), so a ticket says what the case page says. Metadata only: no chat text exists
+to leak.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from streams.queue import wording
+from streams.queue.wording import SEVERITY_WORDS
 
 #: Zendesk ticket priority by flag severity.
 ZENDESK_PRIORITY = {"critical": "urgent", "high": "high", "medium": "normal", "low": "low"}
-
-_KIND_WORDS = {
-    "rage_click": "clicked the same control again and again",
-    "failed_logins": "failed to sign in several times",
-    "abrupt_chat_end": "left a chat abruptly",
-}
-_MESSAGES = {
-    "rage_click": "Hi, it looks like something on our site may not have worked for you just now. "
-    "We're sorry about that. Would you like us to help you finish what you were doing?",
-    "failed_logins": "Hi, we noticed you may have had trouble signing in. If you'd like, we can "
-    "help you get back into your account. Just reply to this message.",
-    "abrupt_chat_end": "Hi, your chat with us ended suddenly and we wanted to check in. If "
-    "there is anything you still need, we are here for you whenever you are ready.",
-}
-_DEFAULT_MESSAGE = "Hi, we wanted to check in and see whether we can help with anything."
 
 
 def _kinds(flag: dict[str, Any]) -> list[str]:
@@ -36,40 +25,32 @@ def _kinds(flag: dict[str, Any]) -> list[str]:
 
 
 def case_summary(flag: dict[str, Any]) -> str:
-    """A few plain sentences for the agent: what the client went through, how sure we are.
-    (Stand-in for streams.queue.wording's case summary, issue 13.)"""
-    kinds = _kinds(flag)
-    what = "; ".join(_KIND_WORDS.get(k, k.replace("_", " ")) for k in kinds) or "no signal"
-    counts = ", ".join(
-        f"{k.replace('_', ' ')} ×{sum(1 for s in flag.get('signals', []) if s['kind'] == k)}"
-        for k in kinds
-    )
-    return (
-        f"{flag.get('reason', '').strip()}\n"
-        f"The client {what}. Severity {flag.get('severity')}, score "
-        f"{float(flag.get('score', 0.0)):.2f} ({counts}). Flag {flag.get('flag_id')}, "
-        f"update {flag.get('update', 0)}."
-    )
+    """What the client went through, in the agent workspace's words (streams/queue/wording.py):
+    the same sentence the case page leads with, and how urgent it is."""
+    severity = SEVERITY_WORDS.get(str(flag.get("severity")), str(flag.get("severity")))
+    return f"{wording.flag_summary(flag)}\nSeverity: {severity}. Case {flag.get('flag_id')}."
 
 
-def suggested_message(flag: dict[str, Any]) -> str:
-    """A gentle first message to the client, by the flag's main signal.
-    (Stand-in for streams.queue.wording's suggested message, issue 13.)"""
-    signals = flag.get("signals", [])
-    if not signals:
-        return _DEFAULT_MESSAGE
-    main = max(signals, key=lambda s: float(s.get("strength", 0.0)))
-    return _MESSAGES.get(str(main["kind"]), _DEFAULT_MESSAGE)
+def suggested_message(flag: dict[str, Any], messages: dict[str, str] | None = None) -> str:
+    """The case page's suggested first message for this kind of case, from the platform's
+    templates (`FRUSTRATION_MESSAGES_PATH`) or the built-in ones."""
+    return wording.suggested_message(messages or _builtin_messages(), flag)
 
 
-def zendesk_ticket(event_type: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+@functools.cache
+def _builtin_messages() -> dict[str, str]:
+    return wording.load_messages()
+
+
+def zendesk_ticket(
+    event_type: str, data: dict[str, Any], messages: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
     """A Zendesk "create ticket" body (POST /api/v2/tickets) and its idempotency key (the
     flag_id or incident_id: a re-sent delivery makes no second ticket)."""
     if event_type.startswith("flag."):
         kinds = _kinds(data)
-        comment = (
-            f"{case_summary(data)}\n\nSuggested message to the client:\n{suggested_message(data)}"
-        )
+        message = suggested_message(data, messages)
+        comment = f"{case_summary(data)}\n\nSuggested message to the client:\n{message}"
         ticket: dict[str, Any] = {
             "external_id": data["flag_id"],
             "subject": f"Frustration signal: {', '.join(k.replace('_', ' ') for k in kinds)}",

@@ -23,23 +23,35 @@ individual queue (the incident item stands for it) and its client is listed unde
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 
-from signals.flags import SEVERITIES, Flag, SecurityAlert
+from signals.flags import SEVERITIES, SIGNAL_KINDS, Flag, SecurityAlert
 from signals.incidents import Incident
 
 Status = Literal["open", "claimed", "resolved"]
 STATUSES: tuple[Status, ...] = ("open", "claimed", "resolved")
-Outcome = Literal["contacted", "no_contact_needed", "false_positive", "referred"]
-OUTCOMES: tuple[Outcome, ...] = ("contacted", "no_contact_needed", "false_positive", "referred")
+Outcome = Literal[
+    "contacted",
+    "no_contact_needed",
+    "false_positive",
+    "referred",
+    "client_was_fine",
+    "could_not_reach",
+    "duplicate",
+]
+#: The first four are the original API names; the rest say more about what the agent found.
+#: `false_positive` ("not frustration") is what the false-flag share counts.
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 MAX_NOTE_CHARS = 500
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -116,6 +128,16 @@ CREATE TABLE IF NOT EXISTS incident_history (
     detail      TEXT,
     PRIMARY KEY (incident_id, seq)
 );
+CREATE TABLE IF NOT EXISTS agents (
+    name        TEXT PRIMARY KEY,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flags_by_user ON flags (user_id);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id           TEXT PRIMARY KEY,
     kind               TEXT NOT NULL,
@@ -136,6 +158,14 @@ ChangeHook = Callable[[str, str, dict[str, Any]], None]
 
 class QueueError(Exception):
     """A queue operation that cannot be done (unknown flag, wrong state, bad outcome)."""
+
+
+class HeldError(QueueError):
+    """A claim of an item another agent already holds."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +210,16 @@ class QueueStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        # Columns added after the first release: older databases get them here.
+        for table, column in (
+            ("flag_history", "agent"),
+            ("incident_history", "agent"),
+            ("flags", "resolved_by"),
+            ("incidents", "resolved_by"),
+        ):
+            names = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in names:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         self.on_change: ChangeHook | None = None
 
     def _announce(self, event_type: str, kind: str, item_id: str) -> None:
@@ -215,14 +255,21 @@ class QueueStore:
             raise
         self.db.execute("COMMIT")
 
-    def _history(self, flag_id: str, what: str, severity: str | None, detail: str | None) -> None:
+    def _history(
+        self,
+        flag_id: str,
+        what: str,
+        severity: str | None,
+        detail: str | None,
+        agent: str | None = None,
+    ) -> None:
         seq = self.db.execute(
             "SELECT COALESCE(MAX(seq), -1) + 1 FROM flag_history WHERE flag_id = ?", (flag_id,)
         ).fetchone()[0]
         self.db.execute(
-            "INSERT INTO flag_history (flag_id, seq, at, what, severity, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (flag_id, seq, time.time(), what, severity, detail),
+            "INSERT INTO flag_history (flag_id, seq, at, what, severity, detail, agent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (flag_id, seq, time.time(), what, severity, detail, agent),
         )
 
     # -- writes from the runners ------------------------------------------------------------------
@@ -347,15 +394,17 @@ class QueueStore:
         )
         return cur.rowcount == 1
 
-    def _incident_history(self, incident_id: str, what: str, detail: str | None) -> None:
+    def _incident_history(
+        self, incident_id: str, what: str, detail: str | None, agent: str | None = None
+    ) -> None:
         seq = self.db.execute(
             "SELECT COALESCE(MAX(seq), -1) + 1 FROM incident_history WHERE incident_id = ?",
             (incident_id,),
         ).fetchone()[0]
         self.db.execute(
-            "INSERT INTO incident_history (incident_id, seq, at, what, detail) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (incident_id, seq, time.time(), what, detail),
+            "INSERT INTO incident_history (incident_id, seq, at, what, detail, agent) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (incident_id, seq, time.time(), what, detail, agent),
         )
 
     def upsert_incident(self, incident: Incident | dict[str, Any]) -> bool:
@@ -467,6 +516,10 @@ class QueueStore:
         *,
         grouped: bool = False,
         incident_id: str | None = None,
+        statuses: tuple[Status, ...] | None = None,
+        kind: str | None = None,
+        user_search: str | None = None,
+        claimed_by: str | None = None,
     ) -> list[dict[str, Any]]:
         """Flags by severity (highest first), then age (oldest first): the individual outreach
         queue (flags not grouped under an incident); with `grouped`, every flag; with
@@ -485,6 +538,20 @@ class QueueStore:
         if status is not None:
             sql += " AND status = ?"
             args.append(status)
+        if statuses is not None:
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            args.extend(statuses)
+        if kind is not None:
+            sql += " AND (',' || kinds || ',') LIKE ?"
+            args.append(f"%,{kind},%")
+        if user_search:
+            sql += " AND instr(lower(user_id), lower(?)) > 0"
+            args.append(user_search)
+        if claimed_by is not None:
+            sql += " AND claimed_by = ? AND status = 'claimed'"
+            args.append(claimed_by)
+        if limit < 0:
+            raise QueueError("limit must be 0 or more")
         sql += " ORDER BY severity_rank DESC, created_at ASC LIMIT ?"
         args.append(limit)
         return [_flag_row(row) for row in self.db.execute(sql, args)]
@@ -497,7 +564,8 @@ class QueueStore:
         result["history"] = [
             dict(h)
             for h in self.db.execute(
-                "SELECT seq, at, what, severity, detail FROM flag_history WHERE flag_id = ? "
+                "SELECT seq, at, what, severity, detail, agent FROM flag_history "
+                "WHERE flag_id = ? "
                 "ORDER BY seq",
                 (flag_id,),
             )
@@ -508,15 +576,52 @@ class QueueStore:
         agent = _agent(agent)
         with self._tx() as db:
             _claim_item(db, "flag", flag_id, agent)
-            self._history(flag_id, "claimed", None, agent)
+            self._history(flag_id, "claimed", None, agent, agent)
         return self.get_flag(flag_id)
 
-    def resolve(self, flag_id: str, outcome: str, note: str = "") -> dict[str, Any]:
+    def resolve(
+        self, flag_id: str, outcome: str, note: str = "", agent: str | None = None
+    ) -> dict[str, Any]:
         _check_resolution(outcome, note)
         with self._tx() as db:
-            _resolve_item(db, "flag", flag_id, outcome, note, time.time())
-            self._history(flag_id, "resolved", None, outcome)
+            _resolve_item(db, "flag", flag_id, outcome, note, time.time(), agent)
+            self._history(flag_id, "resolved", None, outcome, agent)
             self._announce("flag.resolved", "flag", flag_id)
+        return self.get_flag(flag_id)
+
+    def unclaim(self, flag_id: str, agent: str | None = None) -> dict[str, Any]:
+        """claimed -> open: the agent gives the case back to the queue."""
+        with self._tx() as db:
+            holder = _claimed_by(db, "flag", flag_id)
+            db.execute(
+                "UPDATE flags SET status = 'open', claimed_by = NULL, claimed_at = NULL "
+                "WHERE flag_id = ?",
+                (flag_id,),
+            )
+            self._history(flag_id, "unclaimed", None, holder, agent or holder)
+        return self.get_flag(flag_id)
+
+    def reassign(self, flag_id: str, to: str, agent: str | None = None) -> dict[str, Any]:
+        """A claimed case handed to another agent (who holds it from now on)."""
+        to = _agent(to)
+        with self._tx() as db:
+            holder = _claimed_by(db, "flag", flag_id)
+            db.execute(
+                "UPDATE flags SET claimed_by = ?, claimed_at = ? WHERE flag_id = ?",
+                (to, time.time(), flag_id),
+            )
+            self._history(flag_id, "reassigned", None, f"{holder} -> {to}", agent or holder)
+        return self.get_flag(flag_id)
+
+    def add_note(self, flag_id: str, note: str, agent: str | None = None) -> dict[str, Any]:
+        note = note.strip()
+        if not note:
+            raise QueueError("the note is empty")
+        if len(note) > MAX_NOTE_CHARS:
+            raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        with self._tx() as db:
+            _item_status(db, "flag", flag_id)
+            self._history(flag_id, "note", None, note, agent)
         return self.get_flag(flag_id)
 
     # -- incidents --------------------------------------------------------------------------------
@@ -553,7 +658,7 @@ class QueueStore:
         result["history"] = [
             dict(h)
             for h in self.db.execute(
-                "SELECT seq, at, what, detail FROM incident_history WHERE incident_id = ? "
+                "SELECT seq, at, what, detail, agent FROM incident_history WHERE incident_id = ? "
                 "ORDER BY seq",
                 (incident_id,),
             )
@@ -580,16 +685,57 @@ class QueueStore:
         agent = _agent(agent)
         with self._tx() as db:
             _claim_item(db, "incident", incident_id, agent)
-            self._incident_history(incident_id, "claimed", agent)
+            self._incident_history(incident_id, "claimed", agent, agent)
         return self.get_incident(incident_id)
 
-    def resolve_incident(self, incident_id: str, outcome: str, note: str = "") -> dict[str, Any]:
+    def record_incident_update(
+        self, incident_id: str, note: str = "", agent: str | None = None
+    ) -> dict[str, Any]:
+        """A proactive update was sent to the incident's clients (the next is due one
+        `incident_update_interval_s` later)."""
+        if len(note) > MAX_NOTE_CHARS:
+            raise QueueError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        with self._tx() as db:
+            if _item_status(db, "incident", incident_id) == "resolved":
+                raise QueueError(f"incident {incident_id} is already resolved")
+            self._incident_history(incident_id, "update_sent", note.strip() or None, agent)
+        return self.get_incident(incident_id)
+
+    def last_incident_update(self, incident_id: str) -> float | None:
+        row = self.db.execute(
+            "SELECT MAX(at) FROM incident_history WHERE incident_id = ? AND what = 'update_sent'",
+            (incident_id,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def incident_update_due(self, incident: dict[str, Any], interval_s: float) -> float | None:
+        """When the next proactive update of an unresolved incident is due (epoch s)."""
+        if incident["status"] == "resolved":
+            return None
+        last = self.last_incident_update(incident["incident_id"])
+        return (incident["created_at"] if last is None else last) + interval_s
+
+    def overdue_incident_updates(self, now: float, interval_s: float) -> dict[str, int]:
+        """Unresolved incidents whose proactive update is overdue, by kind."""
+        overdue: dict[str, int] = {}
+        for row in self.db.execute(
+            "SELECT i.kind, COALESCE(MAX(h.at), i.created_at) AS last FROM incidents i "
+            "LEFT JOIN incident_history h ON h.incident_id = i.incident_id "
+            "AND h.what = 'update_sent' WHERE i.status != 'resolved' GROUP BY i.incident_id"
+        ):
+            if row["last"] + interval_s < now:
+                overdue[row["kind"]] = overdue.get(row["kind"], 0) + 1
+        return overdue
+
+    def resolve_incident(
+        self, incident_id: str, outcome: str, note: str = "", agent: str | None = None
+    ) -> dict[str, Any]:
         """Resolve the incident item and, with the same outcome, its grouped flags still open
         (flags an agent claimed stay with that agent)."""
         _check_resolution(outcome, note)
         now = time.time()
         with self._tx() as db:
-            _resolve_item(db, "incident", incident_id, outcome, note, now)
+            _resolve_item(db, "incident", incident_id, outcome, note, now, agent)
             flag_ids = [
                 r["flag_id"]
                 for r in db.execute(
@@ -604,7 +750,9 @@ class QueueStore:
                 )
                 self._history(flag_id, "resolved", None, f"{outcome} (incident {incident_id})")
                 self._announce("flag.resolved", "flag", flag_id)
-            self._incident_history(incident_id, "resolved", f"{outcome}; {len(flag_ids)} flags")
+            self._incident_history(
+                incident_id, "resolved", f"{outcome}; {len(flag_ids)} flags", agent
+            )
             self._announce("incident.updated", "incident", incident_id)
         return self.get_incident(incident_id)
 
@@ -664,6 +812,148 @@ class QueueStore:
             open_incidents[row["kind"]] = row["n"]
         return QueueCounts(by_status, age, open_by_severity, open_incidents)
 
+    # -- the client's history, outcomes, workload --------------------------------------------------
+    def client_history(self, user_id: str, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
+        """Everything the queue knows about one client: their flags (newest first, with how they
+        were resolved) and the incidents they were listed under."""
+        flags = [
+            _flag_row(r)
+            for r in self.db.execute(
+                "SELECT * FROM flags WHERE user_id = ? ORDER BY created_at DESC LIMIT ?",
+                (user_id, limit),
+            )
+        ]
+        incidents = [
+            self._incident_row(r)
+            for r in self.db.execute(
+                "SELECT i.* FROM incidents i WHERE i.incident_id IN "
+                "(SELECT incident_id FROM incident_flags WHERE user_id = ?) "
+                "ORDER BY i.created_at DESC LIMIT ?",
+                (user_id, limit),
+            )
+        ]
+        return {"flags": flags, "incidents": incidents}
+
+    def false_flag_shares(
+        self, now: float, days: tuple[int, ...] = (7, 30)
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """Per signal kind and window: (flags agents marked "not frustration", flags resolved)
+        among flags resolved in the last `days` days. A flag of two kinds counts for both."""
+        out: dict[str, dict[int, tuple[int, int]]] = {}
+        for kind in SIGNAL_KINDS:
+            out[kind] = {}
+            for d in days:
+                row = self.db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(outcome = 'false_positive'), 0) FROM flags "
+                    "WHERE status = 'resolved' AND resolved_at >= ? "
+                    "AND (',' || kinds || ',') LIKE ?",
+                    (now - d * 86_400, f"%,{kind},%"),
+                ).fetchone()
+                out[kind][d] = (int(row[1]), int(row[0]))
+        return out
+
+    #: Most resolved flags read for the per-rule shares (the newest first), so /ops stays cheap.
+    RULE_SHARE_ROWS = 20_000
+
+    def false_flag_shares_by_rule(
+        self, now: float, days: tuple[int, ...] = (7, 30)
+    ) -> dict[tuple[str, str], dict[int, tuple[int, int]]]:
+        """As `false_flag_shares`, per (kind, rule) for the kinds whose detector has several
+        rules (rage clicks: one burst, repeated bursts); a flag counts for every rule it holds."""
+        out: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        rows = self.db.execute(
+            "SELECT resolved_at, outcome, flag_json FROM flags WHERE status = 'resolved' "
+            "AND resolved_at >= ? AND kinds LIKE '%rage_click%' ORDER BY resolved_at DESC "
+            "LIMIT ?",
+            (now - max(days) * 86_400, self.RULE_SHARE_ROWS),
+        )
+        for row in rows:
+            flag = orjson.loads(row["flag_json"])
+            rules = {
+                (s["kind"], str(s["evidence"].get("rule")))
+                for s in flag.get("signals", [])
+                if s.get("kind") == "rage_click" and s.get("evidence", {}).get("rule")
+            }
+            for key in rules:
+                entry = out.setdefault(key, {d: (0, 0) for d in days})
+                for d in days:
+                    if row["resolved_at"] >= now - d * 86_400:
+                        n_false, n = entry[d]
+                        entry[d] = (n_false + (row["outcome"] == "false_positive"), n + 1)
+        return out
+
+    def workload(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
+        """Per agent: claimed cases (individual flags and incidents) by severity, and how long
+        the longest has been held; heaviest first."""
+        agents: dict[str, dict[str, Any]] = {}
+        for row in self.db.execute(
+            "SELECT claimed_by, severity, COUNT(*) AS n, MIN(claimed_at) AS since FROM flags "
+            "WHERE status = 'claimed' GROUP BY claimed_by, severity "
+            "UNION ALL SELECT claimed_by, 'incident', COUNT(*), MIN(claimed_at) FROM incidents "
+            "WHERE status = 'claimed' GROUP BY claimed_by"
+        ):
+            name = row[0] or "?"
+            entry = agents.setdefault(
+                name, {"agent": name, "by_severity": {}, "total": 0, "longest_s": 0.0}
+            )
+            entry["by_severity"][row[1]] = row[2]
+            entry["total"] += row[2]
+            if row[3] is not None:
+                entry["longest_s"] = max(entry["longest_s"], now - row[3])
+        ranked = sorted(
+            agents.values(),
+            key=lambda a: (
+                -sum(a["by_severity"].get(s, 0) for s in ("critical", "high")),
+                -a["total"],
+                a["agent"],
+            ),
+        )
+        return ranked[:limit]
+
+    # -- agents and the page secret ---------------------------------------------------------------
+    def add_agent(self, name: str) -> str:
+        """A new agent with a fresh token; the token is returned once and stored only hashed."""
+        name = _agent(name)
+        token = "fsa_" + secrets.token_urlsafe(24)
+        try:
+            self.db.execute(
+                "INSERT INTO agents (name, token_hash, created_at) VALUES (?, ?, ?)",
+                (name, token_hash(token), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise QueueError(f"there is already an agent {name!r}") from None
+        return token
+
+    def remove_agent(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM agents WHERE name = ?", (name,)).rowcount == 1
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        return [
+            {"name": r["name"], "created_at": r["created_at"]}
+            for r in self.db.execute("SELECT name, created_at FROM agents ORDER BY name")
+        ]
+
+    def has_agents(self) -> bool:
+        return self.db.execute("SELECT 1 FROM agents LIMIT 1").fetchone() is not None
+
+    def agent_for_token(self, token: str) -> str | None:
+        row = self.db.execute(
+            "SELECT name FROM agents WHERE token_hash = ?", (token_hash(token),)
+        ).fetchone()
+        return None if row is None else str(row["name"])
+
+    def secret(self, key: str) -> bytes:
+        """A random secret kept in the database (the pages' CSRF key), made on first use."""
+        fresh = secrets.token_hex(32)
+        self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, fresh))
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return bytes.fromhex(row["value"])
+
+
+def token_hash(token: str) -> str:
+    """Agent tokens are 144 random bits: one SHA-256 is enough to keep the stored copy useless."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
 
 def _flag_row(row: sqlite3.Row) -> dict[str, Any]:
     flag = orjson.loads(row["flag_json"])
@@ -680,6 +970,7 @@ def _flag_row(row: sqlite3.Row) -> dict[str, Any]:
         "resolved_at": row["resolved_at"],
         "outcome": row["outcome"],
         "note": row["note"],
+        "resolved_by": row["resolved_by"],
     }
 
 
@@ -711,9 +1002,23 @@ def _item_status(db: sqlite3.Connection, kind: str, item_id: str) -> str:
     return status
 
 
-def _claim_item(db: sqlite3.Connection, kind: str, item_id: str, agent: str) -> None:
-    """open -> claimed (a QueueError for any other status)."""
+def _claimed_by(db: sqlite3.Connection, kind: str, item_id: str) -> str:
+    """The agent holding a claimed item (a QueueError when it is not claimed)."""
     status = _item_status(db, kind, item_id)
+    if status != "claimed":
+        raise QueueError(f"{kind} {item_id} is {status}, not claimed")
+    table, key = _ITEM_TABLES[kind]
+    row = db.execute(f"SELECT claimed_by FROM {table} WHERE {key} = ?", (item_id,)).fetchone()
+    holder: str = row["claimed_by"] or "?"
+    return holder
+
+
+def _claim_item(db: sqlite3.Connection, kind: str, item_id: str, agent: str) -> None:
+    """open -> claimed (a HeldError when an agent holds it, a QueueError when resolved)."""
+    status = _item_status(db, kind, item_id)
+    if status == "claimed":
+        holder = _claimed_by(db, kind, item_id)
+        raise HeldError(f"{kind} {item_id} is claimed by {holder}, not open", holder)
     if status != "open":
         raise QueueError(f"{kind} {item_id} is {status}, not open")
     table, key = _ITEM_TABLES[kind]
@@ -724,14 +1029,20 @@ def _claim_item(db: sqlite3.Connection, kind: str, item_id: str, agent: str) -> 
 
 
 def _resolve_item(
-    db: sqlite3.Connection, kind: str, item_id: str, outcome: str, note: str, now: float
+    db: sqlite3.Connection,
+    kind: str,
+    item_id: str,
+    outcome: str,
+    note: str,
+    now: float,
+    agent: str | None = None,
 ) -> None:
     """open or claimed -> resolved (a QueueError when already resolved)."""
     if _item_status(db, kind, item_id) == "resolved":
         raise QueueError(f"{kind} {item_id} is already resolved")
     table, key = _ITEM_TABLES[kind]
     db.execute(
-        f"UPDATE {table} SET status = 'resolved', resolved_at = ?, outcome = ?, note = ? "
-        f"WHERE {key} = ?",
-        (now, outcome, note, item_id),
+        f"UPDATE {table} SET status = 'resolved', resolved_at = ?, outcome = ?, note = ?, "
+        f"resolved_by = COALESCE(?, claimed_by) WHERE {key} = ?",
+        (now, outcome, note, agent, item_id),
     )

@@ -52,6 +52,7 @@ from aiohttp import web
 from streams.metrics import FrustrationMetrics
 from streams.queue import helpdesk
 from streams.queue.store import QueueStore
+from streams.queue.wording import load_messages
 from streams.settings import Settings, WebhookEndpoint
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,10 @@ class Message:
 
 
 def request_of(
-    endpoint: WebhookEndpoint, message: Message, now: float
+    endpoint: WebhookEndpoint,
+    message: Message,
+    now: float,
+    messages: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The body (in the endpoint's shape) and the signed headers of one attempt."""
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -148,7 +152,7 @@ def request_of(
     if endpoint.shape != "standard":
         data = orjson.loads(message.body)["data"]
         if endpoint.shape == "zendesk":
-            shaped, key = helpdesk.zendesk_ticket(message.event_type, data)
+            shaped, key = helpdesk.zendesk_ticket(message.event_type, data, messages)
             headers["Idempotency-Key"] = key
         else:
             shaped = helpdesk.slack_message(message.event_type, data)
@@ -299,6 +303,7 @@ class WebhookDelivery:
         self.metrics = metrics
         self.rand = rand
         self.busy: set[tuple[str, str]] = set()
+        self.messages = load_messages(settings.messages_path)  # the case page's templates
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
         """One round: post every due head (up to the concurrency); returns how many were tried."""
@@ -311,7 +316,7 @@ class WebhookDelivery:
         """One attempt; None when the receiver answered 2xx, else what went wrong."""
         endpoint = self.outbox.endpoints[message.endpoint]
         try:
-            body, headers = request_of(endpoint, message, time.time())
+            body, headers = request_of(endpoint, message, time.time(), self.messages)
         except Exception as exc:  # a shape that cannot be built: a failed attempt, not a stall
             log.exception("webhook %s: cannot build the request", message.msg_id)
             return f"cannot build the request: {type(exc).__name__}"

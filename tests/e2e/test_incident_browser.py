@@ -57,7 +57,9 @@ def test_queue_page_shows_one_incident_item_for_many_clients(service: Service) -
         row = rows.first
         assert row.locator(".count").inner_text() == str(len(CLIENTS))
         text = row.inner_text()
-        assert "could not log in (service_unavailable)" in text
+        # (issue 13) plain words, no reason code: was "could not log in (service_unavailable)"
+        assert "could not sign in: our sign-in service was unavailable" in text
+        assert "service_unavailable" not in text
         assert "problem on our side" in text  # the suggested bulk message
         assert "still happening" in text
         # the incident heads the page; none of its clients is an individual row
@@ -76,7 +78,8 @@ def test_queue_page_shows_one_incident_item_for_many_clients(service: Service) -
             CLIENTS
         )
         href = listed.first.locator("a").get_attribute("href")
-        assert href is not None and href.startswith("/v1/flags/flg_")
+        # (issue 13) each client links to their case page (the JSON stays at /v1/flags/{id})
+        assert href is not None and href.startswith("/queue/flags/flg_")
         screenshot(page, ARTIFACTS / "queue-incident.png")
 
         # an agent claims the incident from the page

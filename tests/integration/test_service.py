@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -505,11 +506,17 @@ def test_queue_flow(service_factory: ServiceFactory) -> None:
     page = service.get("/queue").text
     assert "q-med" in page and "q-low-2" in page and "q-low-1" not in page
     low2 = flags_of(service, "q-low-2")[0]["flag_id"]
+    # (issue 13) a page form carries the page's CSRF token; without it the claim is refused
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    refused = service.request("POST", f"/v1/flags/{low2}/claim", b"agent=agent-cy", form_type)
+    assert refused.status == 403
+    csrf = re.search(r'name=csrf value="([0-9a-f]+)"', page)
+    assert csrf is not None
     form = service.request(
         "POST",
         f"/v1/flags/{low2}/claim",
-        b"agent=agent-cy",
-        {"Content-Type": "application/x-www-form-urlencoded"},
+        f"agent=agent-cy&csrf={csrf.group(1)}".encode(),
+        form_type,
     )
     assert form.status == 200 and "claimed by agent-cy" in form.text  # after the 303 to /queue
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -69,6 +70,12 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     "frustration_webhook_delivery_latency_seconds": ("histogram", (), {}),
     "frustration_webhook_outbox_depth": ("gauge", (), {}),
     "frustration_webhook_oldest_pending_age_seconds": ("gauge", (), {}),
+    "frustration_false_flag_share": (
+        "gauge",
+        ("kind", "window"),
+        {"kind": SIGNAL_KINDS, "window": ("7d", "30d")},
+    ),
+    "frustration_incident_updates_overdue": ("gauge", ("kind",), {"kind": SIGNAL_KINDS}),
     "frustration_build_info": ("gauge", ("version", "runner"), {}),
 }
 
@@ -114,6 +121,11 @@ def test_labelled_children_exist_at_zero(metrics: FrustrationMetrics) -> None:
     reg = metrics.registry
     for name, (kind, _labels, fixed) in CATALOGUE.items():
         sample_name = name if kind != "histogram" else f"{name}_count"
+        if len(fixed) > 1:  # several fixed labels: every combination exists
+            for combination in itertools.product(*fixed.values()):
+                labels = dict(zip(fixed, combination, strict=True))
+                assert reg.get_sample_value(sample_name, labels) == 0.0, (sample_name, labels)
+            continue
         for label, values in fixed.items():
             for value in values:
                 got = reg.get_sample_value(sample_name, {label: value})
@@ -164,6 +176,7 @@ def test_fixed_label_sets_are_the_contract() -> None:
     )
     assert values["stage"] == ("batch", "route", "detect")
     assert values["runner"] == ("embedded", "kafka")
+    assert values["window"] == ("7d", "30d")
 
 
 def test_no_label_identifies_a_person_or_free_text(metrics: FrustrationMetrics) -> None:

@@ -90,7 +90,13 @@
         if (key) headers.Authorization = 'Bearer ' + key;
         const body = JSON.stringify(batch);
         fetch(endpoint, { method: 'POST', body, headers, keepalive: true, credentials: 'omit' })
-          .then((r) => { if (r.status >= 500 || r.status === 408 || r.status === 429) retry(batch); })
+          .then((r) => {
+            // Read the answer: Chromium counts an unread keepalive request (answered no-store)
+            // against its 64 KB in-flight limit until the page lets go of it, and then fails
+            // every later fetch of the page ("Failed to fetch").
+            r.arrayBuffer().catch(() => {});
+            if (r.status >= 500 || r.status === 408 || r.status === 429) retry(batch);
+          })
           .catch(() => retry(batch));
       }
     } catch (err) { /* never break the page */ }

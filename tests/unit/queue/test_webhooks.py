@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from signals.flags import SecurityAlert
-from streams.queue import helpdesk
+from streams.queue import helpdesk, wording
 from streams.queue.store import QueueStore
 from streams.queue.webhooks import Outbox, request_of, retry_delay_s, retry_schedule_s, sign
 from streams.settings import Settings, WebhookEndpoint
@@ -173,7 +173,9 @@ def test_helpdesk_shapes_carry_the_summary_and_message() -> None:
     assert ticket["ticket"]["requester"]["external_id"] == "a"
     assert "abrupt_chat_end" in ticket["ticket"]["tags"]
     assert helpdesk.suggested_message(f) in ticket["ticket"]["comment"]["body"]
-    assert "left a chat abruptly" in helpdesk.case_summary(f)
+    summary = helpdesk.case_summary(f)
+    assert summary.splitlines()[0] == wording.flag_summary(f)  # as the case page says it
+    assert "Severity: High" in summary and "abrupt_chat_end" not in summary
     inc = orjson.loads(incident().model_dump_json())
     slack = helpdesk.slack_message("incident.opened", inc)
     assert slack["text"].startswith(":rotating_light: Incident opened")
