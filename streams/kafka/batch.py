@@ -155,6 +155,7 @@ class BatchDetectStage:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._last_write = time.time()
+        self._last_held_log = 0.0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.restorer: AIOKafkaConsumer | None = None
@@ -603,6 +604,21 @@ class BatchDetectStage:
                 await self._release()
         await self._send_marks(now, every_s=1.0)
         await self._watch(now)
+        held = [p for p in self.parts.values() if p.held]
+        if held and now - self._last_held_log >= 5.0:
+            self._last_held_log = now
+            # Held back by the skew bound: say by what, so a stuck worker can be understood.
+            log.info(
+                "detect stage: %d partitions hold events back for the skew bound: %s; "
+                "progress of other workers' partitions: %s",
+                len(held),
+                ", ".join(
+                    f"{p.partition}: {len(p.held)} held, next {p.progress():.0f}, "
+                    f"bound {self._bound(p.partition):.0f}"
+                    for p in held
+                ),
+                {q: f"{v:.0f}" for q, v in sorted(self.remote_progress.items())},
+            )
         self.metrics.tracked_users.set(sum(len(p.engine.users) for p in self.parts.values()))
 
     async def _send_marks(self, now: float, every_s: float = MARK_EVERY_S) -> None:
