@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,8 @@ FETCH_MAX_RECORDS = 20_000
 #: A progress mark is sent at most this often per partition (and at least once a second).
 MARK_EVERY_S = 0.02
 INF = float("inf")
+#: Users whose partition is remembered (the memory is cleared when it is full).
+PARTITION_CACHE_SIZE = 1_000_000
 
 
 @dataclass(slots=True)
@@ -107,14 +109,16 @@ class Part:
     idle: bool = False  # quiet, nothing left to read: holds no other partition back
     last_mark: tuple[float, float] = (0.0, -INF)  # (when, value) of the last progress mark sent
 
-    def progress(self) -> float:
+    def progress(self, caught_up: bool) -> float:
         """No copy from this partition will come with an older event time (out-of-order input
-        within the lateness aside)."""
+        within the lateness aside). `caught_up`: nothing is left to read on its events
+        partition as far as the last fetch knows: it then holds no other partition back (a
+        back-fill that ended there sends no more copies; live traffic comes at the wall clock)."""
         if self.held:
             for h in self.held:
                 if h.ts is not None:
                     return float(h.ts)
-        if self.idle:
+        if self.idle or caught_up:
             return INF
         return -INF if self.max_pushed_ts is None else float(self.max_pushed_ts)
 
@@ -156,9 +160,22 @@ class BatchDetectStage:
         self._stopped = asyncio.Event()
         self._last_write = time.time()
         self._last_held_log = 0.0
+        self._partitions: dict[str, int] = {}
+        # Events taken in per type since the last metrics update (one inc per batch, not event).
+        self._received: Counter[str] = Counter()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.restorer: AIOKafkaConsumer | None = None
+
+    def _partition_of(self, user_id: str) -> int:
+        """The user's partition (murmur2 in Python costs about 10 µs: remembered)."""
+        cache = self._partitions
+        partition = cache.get(user_id)
+        if partition is None:
+            if len(cache) >= PARTITION_CACHE_SIZE:
+                cache.clear()
+            partition = cache[user_id] = partition_for(user_id.encode(), self.n)
+        return partition
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -368,7 +385,7 @@ class BatchDetectStage:
                     await self._dead_letter(dead_letter_record(raw, exc, source="kafka"))
                     part.held.append(Held(record.offset, None, raw, None, 0.0))
                     continue
-                own = partition_for(event.user_id.encode(), self.n) == part.partition
+                own = self._partition_of(event.user_id) == part.partition
                 sent_at = record.timestamp / 1000
                 part.held.append(
                     Held(record.offset, event.ts if own else None, raw, event, sent_at)
@@ -377,8 +394,14 @@ class BatchDetectStage:
                 part.idle = False
                 part.last_event_wall = time.time()
         await self._release()
+        self._count_received()
         if taken:
             self.metrics.observe_batch(time.perf_counter() - started, stage="detect")
+
+    def _count_received(self) -> None:
+        for event_type, n in self._received.items():
+            self.metrics.events_received.labels(type=event_type).inc(n)
+        self._received.clear()
 
     async def _take_hop(self, part: Part, record: Any) -> None:
         headers = dict(record.headers or ())
@@ -402,9 +425,14 @@ class BatchDetectStage:
             if q == partition:
                 continue
             other = self.parts.get(q)
-            value = other.progress() if other else self.remote_progress.get(q, -INF)
+            value = self._progress(other) if other else self.remote_progress.get(q, -INF)
             slowest = min(slowest, value)
         return slowest + self.settings.worker_partition_skew_ms
+
+    def _progress(self, part: Part) -> float:
+        assert self.consumer is not None
+        end = self.consumer.highwater(TopicPartition(self.events_topic, part.partition))
+        return part.progress(caught_up=end is not None and part.events_offset + 1 >= end)
 
     async def _release(self) -> None:
         """Take in held events, partition by partition, as far as the skew allows; repeat while
@@ -427,7 +455,7 @@ class BatchDetectStage:
     async def _route(self, part: Part, event: AnyEvent, raw: bytes, sent_at: float) -> None:
         """An event read from partition p: its user's partition takes it in; a failed login with
         an IP also goes to every other partition as a source-only copy."""
-        own = partition_for(event.user_id.encode(), self.n)
+        own = self._partition_of(event.user_id)
         await self._deliver(own, event, raw, copy=False, sent_at=sent_at)
         if needs_source_copies(event):
             for q in range(self.n):
@@ -456,7 +484,7 @@ class BatchDetectStage:
     async def _push(self, part: Part, event: AnyEvent, *, copy: bool, sent_at: float) -> None:
         engine = part.engine
         if not copy:
-            self.metrics.event_received(event.type)
+            self._received[event.type] += 1
             self.metrics.event_lag_seconds.observe(max(0.0, time.time() - event.ts / 1000))
             if part.newest_event_ts is None or event.ts > part.newest_event_ts:
                 part.newest_event_ts = event.ts
@@ -602,6 +630,7 @@ class BatchDetectStage:
                         await self._emit(part, part.engine.drain(), None)
             if any(p.idle for p in quiet):
                 await self._release()
+                self._count_received()
         await self._send_marks(now, every_s=1.0)
         await self._watch(now)
         held = [p for p in self.parts.values() if p.held]
@@ -613,7 +642,7 @@ class BatchDetectStage:
                 "progress of other workers' partitions: %s",
                 len(held),
                 ", ".join(
-                    f"{p.partition}: {len(p.held)} held, next {p.progress():.0f}, "
+                    f"{p.partition}: {len(p.held)} held, next {self._progress(p):.0f}, "
                     f"bound {self._bound(p.partition):.0f}"
                     for p in held
                 ),
@@ -621,13 +650,14 @@ class BatchDetectStage:
             )
         self.metrics.tracked_users.set(sum(len(p.engine.users) for p in self.parts.values()))
 
-    async def _send_marks(self, now: float, every_s: float = MARK_EVERY_S) -> None:
-        """Tell the other workers' partitions how far each of this worker's partitions got."""
+    async def _send_marks(self, now: float, every_s: float = 1.0) -> None:
+        """Tell the other workers' partitions how far each of this worker's partitions got: at
+        most every MARK_EVERY_S when it moved, every `every_s` when it did not."""
         remote = [r for r in range(self.n) if r not in self.parts]
         if not remote or self.producer is None:
             return
         for part in self.parts.values():
-            value = part.progress()
+            value = self._progress(part)
             when, sent = part.last_mark
             if value == sent and now - when < every_s:
                 continue
