@@ -77,6 +77,8 @@ FETCH_MAX_RECORDS = 20_000
 #: A progress mark is sent at most this often per partition (and at least once a second).
 MARK_EVERY_S = 0.02
 INF = float("inf")
+#: A partition read to its end and fetching nothing for this long holds no other one back.
+CAUGHT_UP_QUIET_S = 0.5
 #: Users whose partition is remembered (the memory is cleared when it is full).
 PARTITION_CACHE_SIZE = 1_000_000
 
@@ -225,6 +227,9 @@ class BatchDetectStage:
                 async with self.lock:
                     if batches:
                         await self._take(batches)
+                    elif any(p.held for p in self.parts.values()):
+                        await self._release()  # another partition may have caught up meanwhile
+                        self._count_received()
                     now = time.time()
                     await self._send_marks(now)
                     if now >= next_housekeeping:
@@ -430,9 +435,17 @@ class BatchDetectStage:
         return slowest + self.settings.worker_partition_skew_ms
 
     def _progress(self, part: Part) -> float:
+        """Caught up: read to the highwater of the last fetch, and nothing fetched for
+        CAUGHT_UP_QUIET_S. Not at once: a partition that is read faster than it is written is
+        caught up between every two fetches, and others would run ahead of its copies."""
         assert self.consumer is not None
         end = self.consumer.highwater(TopicPartition(self.events_topic, part.partition))
-        return part.progress(caught_up=end is not None and part.events_offset + 1 >= end)
+        caught_up = (
+            end is not None
+            and part.events_offset + 1 >= end
+            and time.time() - part.last_event_wall >= CAUGHT_UP_QUIET_S
+        )
+        return part.progress(caught_up=caught_up)
 
     async def _release(self) -> None:
         """Take in held events, partition by partition, as far as the skew allows; repeat while
