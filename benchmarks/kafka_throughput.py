@@ -1,6 +1,12 @@
 """Throughput and produce-to-flag latency of the Kafka runner, `frustration worker` (issue: kafka).
 
-Prints figures, asserts nothing about speed. Starts its own single-node Kafka 3.9.1 broker
+Prints figures, asserts nothing about speed. Issue 16: in one run on the same pre-loaded topic,
+the baselines first (a bare aiokafka `getmany()` consumer and a bare faust agent, each in its own
+process, timed from its first record; `frustration replay` of the same events, less the
+command's start-up on an empty file), then the workers (batch path, 1 and 2, and the faust path
+unless --skip-faust-path), the batch path's changelog (bytes per user record at rest, bytes
+written per second) and latency at half the one-worker rate (--no-latency-rate-from-run: at
+--latency-rate). Starts its own single-node Kafka 3.9.1 broker
 (`deploy/kafka/broker.py`, jars in `deploy/kafka/lib`) and real `frustration worker`
 subprocesses; every run gets fresh topics (8 partitions, the default `topic_partitions`) and a
 fresh app id (consumer group, by-user topic, state changelog). The broker, the workers and this
