@@ -186,7 +186,24 @@ class Settings(BaseSettings):
         "re-reads at most this much.",
     )
     worker_batch_size: int = Field(
-        1000, ge=1, description="Most events the worker routes in one batch (stream.take)."
+        1000,
+        ge=1,
+        description="Most events the worker routes in one batch (stream.take; "
+        "worker_hot_path=faust only).",
+    )
+    worker_hot_path: Literal["batch", "faust"] = Field(
+        "batch",
+        description="How a worker reads the events topic: batch (aiokafka getmany(), one engine "
+        "per assigned partition, per-user state in the <app id>-user-state changelog) or faust "
+        "(the route and detect agents, one message at a time). Workers of one app id must all "
+        "use the same.",
+    )
+    worker_partition_skew_ms: int = Field(
+        30_000,
+        gt=0,
+        description="Batch path: most event time a partition runs ahead of the slowest other "
+        "partition, so the copies of failed logins it is sent arrive before its watermark. Well "
+        "under login_confirm_ms; larger lets a back-fill run with fewer waits.",
     )
 
     # -- sources and webhooks (streams.sources, streams.queue.webhooks) ---------------------------
@@ -234,3 +251,8 @@ class Settings(BaseSettings):
     def by_user_topic(self) -> str:
         """The workers' internal topic: events re-keyed and partitioned by user_id."""
         return f"{self.worker_app_id}-events-by-user"
+
+    @property
+    def user_state_topic(self) -> str:
+        """The batch path's compacted changelog: per-user and per-partition detector state."""
+        return f"{self.worker_app_id}-user-state"

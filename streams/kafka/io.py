@@ -154,6 +154,40 @@ def ensure_topics(settings: Settings) -> None:
         admin.close()
 
 
+#: Largest record batch of the state changelog: one partition's state write is one batch.
+STATE_TOPIC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def ensure_state_topic(settings: Settings) -> None:
+    """Create the batch path's compacted state changelog (`settings.user_state_topic`) when
+    missing: one partition per events partition, only the newest record per key kept."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = _connect(
+        KafkaAdminClient, bootstrap_servers(settings.broker), client_id="frustration-topics"
+    )
+    try:
+        name = settings.user_state_topic
+        if name not in set(admin.list_topics()):
+            spec = {
+                "num_partitions": settings.topic_partitions,
+                "replication_factor": settings.topic_replication,
+                "configs": {
+                    "cleanup.policy": "compact",
+                    "max.message.bytes": str(STATE_TOPIC_MAX_MESSAGE_BYTES),
+                },
+            }
+            result = admin.create_topics({name: spec}, raise_errors=False)
+            for topic in result["topics"]:
+                code = topic["error_code"]
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise ConfigurationError(f"cannot create topic {name!r}: error {code}")
+        admin.wait_for_topics([name])
+    finally:
+        admin.close()
+
+
 # -- produce --------------------------------------------------------------------------------------
 class Pacer:
     """Spaces calls to `wait` at `rate` per second, drift-free (a token bucket that starts empty).

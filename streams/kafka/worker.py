@@ -47,6 +47,7 @@ from signals.exceptions import InvalidEvent
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
 from streams.event_time import idle_advance_target
+from streams.kafka.batch import BatchDetectStage
 from streams.kafka.io import bootstrap_servers, ensure_topics, partition_for
 from streams.kafka.partition_watch import PartitionWatch
 from streams.kafka.partitions import destinations
@@ -129,6 +130,7 @@ class KafkaRunner:
         # End offsets of the input partitions held, as the broker gave them to the stall check.
         self.broker_ends: dict[TP, int] = {}
         self.partition_watch = PartitionWatch()
+        self.batch: BatchDetectStage | None = None
         self.app = self._build_app(worker_name)
 
     # -- wiring -----------------------------------------------------------------------------------
@@ -152,6 +154,38 @@ class KafkaRunner:
             # Static membership: a restarted worker gets its partitions back without a rebalance.
             consumer_group_instance_id=worker_name,
         )
+        if s.worker_hot_path == "batch":
+            self._wire_batch(app, worker_name)
+        else:
+            self._wire_faust(app)
+        # A fixed prefix: dashboards must not depend on the app id.
+        setup_prometheus_sensors(
+            app, pattern="/metrics", registry=self.registry, name_prefix="faust"
+        )
+        return app
+
+    def _wire_batch(self, app: faust.App, worker_name: str | None) -> None:
+        """The hot topic read in batches by aiokafka (streams.kafka.batch), started and stopped
+        with the faust app."""
+        from mode import Service
+
+        stage = self.batch = BatchDetectStage(self.settings, self.metrics, worker_name)
+
+        class DetectStage(Service):
+            async def on_start(self) -> None:
+                await stage.start()
+
+            @Service.task
+            async def _detect(self) -> None:
+                await stage.run()
+
+            async def on_stop(self) -> None:
+                await stage.stop()
+
+        app.service(DetectStage)
+
+    def _wire_faust(self, app: faust.App) -> None:
+        s = self.settings
         raw = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
         self.events_topic = app.topic(s.events_topic, **raw)  # type: ignore[arg-type]
         self.by_user_topic = app.topic(
@@ -177,11 +211,6 @@ class KafkaRunner:
         app.timer(1.0)(self._housekeeping)
         app.timer(WATCH_INTERVAL_S)(self._watch_partitions)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        # A fixed prefix: dashboards must not depend on the app id.
-        setup_prometheus_sensors(
-            app, pattern="/metrics", registry=self.registry, name_prefix="faust"
-        )
-        return app
 
     def prepare_topics(self) -> None:
         """Create the topics the agents read and write (faust creates only its own)."""

@@ -103,7 +103,12 @@ def wait_for_flags(env: KafkaRunnerEnv, expected: set[FlagKey], timeout_s: float
     )
 
 
-def test_one_worker_gives_the_flags_replay_gives(kafka_runner: KafkaRunnerEnv) -> None:
+@pytest.mark.parametrize("hot_path", ["batch", "faust"])
+def test_one_worker_gives_the_flags_replay_gives(
+    kafka_runner: KafkaRunnerEnv, hot_path: str
+) -> None:
+    """Both hot paths (worker_hot_path): the batch path is the default, the faust path is kept."""
+    kafka_runner.extra_env["FRUSTRATION_WORKER_HOT_PATH"] = hot_path
     lines = stream_lines(300, seed=31)
     expected, expected_alerts = expected_flags(lines)
     assert len(expected) >= 10 and expected_alerts

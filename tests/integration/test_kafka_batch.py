@@ -1,0 +1,160 @@
+"""The batch path of the Kafka runner (streams.kafka.batch) with real workers on a real broker:
+rebalances while the stream runs, the per-user state changelog, mis-keyed records.
+
+Flags are compared with `frustration replay` over the same lines, as in test_kafka_worker.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.kafka.io import partition_for
+from tests.integration.test_kafka_worker import (
+    expected_flags,
+    flags_on_topic,
+    http_metrics,
+    stream_lines,
+    wait_for_flags,
+)
+from tests.integration.worker_fixture import PARTITIONS, KafkaRunnerEnv, read_topic, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def dead_letters(env: KafkaRunnerEnv) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _, v in read_topic(env.bootstrap, env.topics["dead_letter"])]
+
+
+def state_records(env: KafkaRunnerEnv) -> list[tuple[int, int, bytes, bytes | None]]:
+    """(partition, offset, key, value) of every record on the user-state changelog, in order."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = f"app-{env.suffix}-user-state"
+    consumer = KafkaConsumer(bootstrap_servers=env.bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[tuple[int, int, bytes, bytes | None]] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                out += [(tp.partition, r.offset, r.key, r.value) for r in records]
+        out.sort()
+        return out
+    finally:
+        consumer.close()
+
+
+def test_workers_joining_and_leaving_mid_stream_lose_double_and_drop_nothing(
+    kafka_runner: KafkaRunnerEnv,
+) -> None:
+    """A second worker joins while the stream is produced, then the first stops (SIGTERM):
+    every partition moves at least once, through the rebalance listener (state written by the
+    old owner, loaded by the new one). Flags equal replay's, none is sent twice, and no event is
+    dead-lettered as late."""
+    lines = stream_lines(300, seed=35)
+    expected, expected_alerts = expected_flags(lines)
+    first = kafka_runner.start_worker("worker-a")
+    # Slow enough (about 25 s) for a worker to start and join while it runs.
+    producer = threading.Thread(target=kafka_runner.produce, args=(lines, 500.0))
+    producer.start()
+
+    def received(worker: Any) -> float:
+        return http_metrics(worker.web_port).get("frustration_events_received_total", 0)
+
+    wait_for(lambda: received(first) > 1_000, 60, "1000 events processed", every_s=0.2)
+    second = kafka_runner.start_worker("worker-b")
+    wait_for(lambda: received(second) > 500, 60, "the second worker to take part", every_s=0.2)
+    first.stop()
+    assert first.process.returncode is not None
+    producer.join(120)
+    wait_for_flags(kafka_runner, expected, timeout_s=180)
+    time.sleep(3)
+    got = flags_on_topic(kafka_runner)
+    assert set(got) == expected, "flags differ from replay's"
+    doubled = sum(Counter(got).values()) - len(set(got))
+    late = [r for r in dead_letters(kafka_runner) if r["reason"] == "late"]
+    print(f"rebalances: {doubled} flag messages doubled, {len(late)} events late")
+    assert doubled == 0
+    assert late == []
+    alerts = {
+        orjson.loads(v)["alert_id"]
+        for _, v in read_topic(kafka_runner.bootstrap, kafka_runner.topics["alerts"])
+    }
+    assert alerts == expected_alerts
+    assert "resumed" in second.log(), "the second worker loaded moved partitions' state"
+
+
+def test_state_is_per_user_small_and_written_only_for_users_that_changed(
+    kafka_runner: KafkaRunnerEnv,
+) -> None:
+    """The changelog holds one record per tracked user (≤ 300 bytes) and one per partition; a
+    later write carries only the users with new events. The later events are sent with wrong
+    keys (on other users' partitions): they take the extra hop and still flag as in replay."""
+    from kafka import KafkaProducer
+
+    lines = stream_lines(200, seed=36)
+    kafka_runner.start_worker("worker-a")
+    kafka_runner.produce(lines)
+    wait_for_flags(kafka_runner, expected_flags(lines)[0])
+    time.sleep(3)  # a checkpoint after the last event
+    before = state_records(kafka_runner)
+    latest: dict[bytes, bytes | None] = {}
+    for _, _, key, value in before:
+        latest[key] = value
+    users = {k: v for k, v in latest.items() if k.startswith(b"u:") and v is not None}
+    per_user = sum(len(v) for v in users.values()) / len(users)
+    partition_bytes = sum(len(v or b"") for k, v in latest.items() if k.startswith(b"p:"))
+    print(
+        f"{len(users)} users: {per_user:.0f} bytes per user record, {partition_bytes} bytes of "
+        "partition records"
+    )
+    assert len(users) >= 150
+    assert per_user <= 300
+
+    # Later: a rage burst of one user and a click of four others, each keyed as another user.
+    ts = max(orjson.loads(line)["ts"] for line in lines) + 1_000
+    burst = [
+        {"type": "click", "user_id": "late-rager", "ts": ts + 200 * i, "target": "#pay",
+         "label": "Pay now", "page": "/billing", "event_id": f"late-rager-{i}"}
+        for i in range(8)
+    ]  # fmt: skip
+    others = [
+        {"type": "click", "user_id": f"late-{n}", "ts": ts + 50 * n, "target": "#home",
+         "event_id": f"late-{n}"}
+        for n in range(4)
+    ]  # fmt: skip
+    later = [orjson.dumps(e) for e in sorted(burst + others, key=lambda e: e["ts"])]
+    producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
+    try:
+        misrouted = 0
+        for line in later:
+            user = orjson.loads(line)["user_id"]
+            wrong = next(
+                f"x{i}"
+                for i in range(100)
+                if partition_for(f"x{i}".encode(), PARTITIONS)
+                != partition_for(user.encode(), PARTITIONS)
+            )
+            producer.send(kafka_runner.topics["events"], value=line, key=wrong.encode())
+            misrouted += 1
+        producer.flush()
+    finally:
+        producer.close()
+    expected, _ = expected_flags([*lines, *later])
+    wait_for_flags(kafka_runner, expected)
+    time.sleep(4)  # idle advance, then a checkpoint
+    assert set(flags_on_topic(kafka_runner)) == expected
+    seen = {p: o for p, o, _, _ in before}
+    after = [r for r in state_records(kafka_runner) if r[1] > seen.get(r[0], -1)]
+    written = {k[2:].decode() for _, _, k, _ in after if k.startswith(b"u:")}
+    print(f"after {misrouted} mis-keyed events of 5 users: user records written for {written}")
+    assert written == {"late-rager", *(f"late-{n}" for n in range(4))}
