@@ -482,7 +482,20 @@ class IncidentTracker:
     def _surging(self, state: CauseState) -> bool:
         c = self.config
         n = len(state.users)
-        return n >= c.incident_min_users and n >= c.incident_surge_factor * self.baseline(state)
+        if n < c.incident_min_users or n < c.incident_surge_factor * self.baseline(state):
+            return False
+        # Clients already with another incident (or forgotten) would not join this one: an
+        # incident needs incident_min_users of its own.
+        free = {user for _, user, flag_id in state.window[state.start :] if self._free(flag_id)}
+        return len(free) >= c.incident_min_users
+
+    def _free(self, flag_id: str) -> bool:
+        """Whether the latest emission of `flag_id` is remembered and with no other incident."""
+        latest = self._recent.get(flag_id)
+        if latest is None:
+            return False
+        link = self.attached.get(flag_id)
+        return link is None or latest.ts - link.last_ts > self.config.flag_cooldown_ms
 
     def _explained(self, flag: Flag, cause: str) -> bool:
         """True when the incident of `cause` explains all of the flag's evidence."""
