@@ -191,12 +191,12 @@ class Settings(BaseSettings):
         description="Most events the worker routes in one batch (stream.take; "
         "worker_hot_path=faust only).",
     )
-    worker_hot_path: Literal["batch", "faust"] = Field(
+    worker_hot_path: Literal["batch"] = Field(
         "batch",
         description="How a worker reads the events topic: batch (aiokafka getmany(), one engine "
-        "per assigned partition, per-user state in the <app id>-user-state changelog) or faust "
-        "(the route and detect agents, one message at a time). Workers of one app id must all "
-        "use the same.",
+        "per assigned partition, per-user state in the <app id>-user-state changelog). The faust "
+        "per-message path is retired (issue 16): it gave a stuffing victim a flag replay does "
+        "not give.",
     )
     worker_partition_skew_ms: int = Field(
         30_000,

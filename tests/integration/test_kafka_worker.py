@@ -103,7 +103,7 @@ def wait_for_flags(env: KafkaRunnerEnv, expected: set[FlagKey], timeout_s: float
     )
 
 
-@pytest.mark.parametrize("hot_path", ["batch", "faust"])
+@pytest.mark.parametrize("hot_path", ["batch"])
 def test_one_worker_gives_the_flags_replay_gives(
     kafka_runner: KafkaRunnerEnv, hot_path: str
 ) -> None:
