@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from detectors.config import DetectionConfig
@@ -152,17 +153,8 @@ class CredentialStuffingDetector:
     def _stuffing_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
         c = self.config
         failures = state.failures
-        accounts: Counter[str] = Counter()
-        start = 0
-        for end, (end_ts, account) in enumerate(failures):
-            accounts[account] += 1
-            while failures[start][0] < end_ts - c.stuffing_window_ms:
-                gone = failures[start][1]
-                accounts[gone] -= 1
-                if not accounts[gone]:
-                    del accounts[gone]
-                start += 1
-            if len(accounts) < c.stuffing_min_accounts or self.is_attack(state, end_ts):
+        for start, end, end_ts, accounts in _windows(failures, c.stuffing_window_ms):
+            if accounts < c.stuffing_min_accounts or self.is_attack(state, end_ts):
                 continue
             if end_ts < event.ts:
                 continue  # a crossing this state had already judged without this failure
@@ -175,13 +167,10 @@ class CredentialStuffingDetector:
                 # so mark it from its real start and do not alert twice.
                 state.alert_first_ts = min(state.alert_first_ts, first)
                 return None
-            until = end_ts + c.stuffing_hold_ms
-            for later_ts, _ in failures[end + 1 :]:  # the attack went on
-                if later_ts <= until:
-                    until = later_ts + c.stuffing_hold_ms
-            state.attack_until = max(state.attack_until, until)
+            later = (t for t, _ in failures[end + 1 :])  # the attack went on
+            state.attack_until = max(state.attack_until, _held_until(end_ts, later, c))
             state.alert_first_ts = first
-            return self._alert(event.ip or "", end_ts, len(accounts), end - start + 1, first)
+            return self._alert(event.ip or "", end_ts, accounts, end - start + 1, first)
         return None
 
     def _scan_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
@@ -191,17 +180,8 @@ class CredentialStuffingDetector:
             return None
         unknown = state.unknown
         bisect.insort(unknown, (event.ts, event.user_id))
-        names: Counter[str] = Counter()
-        start = 0
-        for end, (end_ts, account) in enumerate(unknown):
-            names[account] += 1
-            while unknown[start][0] < end_ts - c.stuffing_window_ms:
-                gone = unknown[start][1]
-                names[gone] -= 1
-                if not names[gone]:
-                    del names[gone]
-                start += 1
-            if len(names) < c.stuffing_min_unknown_accounts or end_ts < event.ts:
+        for start, end, end_ts, names in _windows(unknown, c.stuffing_window_ms):
+            if names < c.stuffing_min_unknown_accounts or end_ts < event.ts:
                 continue
             if self._scanning(state, end_ts):
                 continue
@@ -213,16 +193,13 @@ class CredentialStuffingDetector:
             ):
                 state.scan_first_ts = min(state.scan_first_ts, first)  # alerted already
                 return None
-            until = end_ts + c.stuffing_hold_ms
-            for later_ts, _ in state.failures:  # the scan went on
-                if end_ts < later_ts <= until:
-                    until = later_ts + c.stuffing_hold_ms
-            state.scan_until = max(state.scan_until, until)
+            later = (t for t, _ in state.failures if t > end_ts)  # the scan went on
+            state.scan_until = max(state.scan_until, _held_until(end_ts, later, c))
             state.scan_first_ts = first
             if self._stuffing(state, end_ts):
                 return None
             return self._alert(
-                event.ip or "", end_ts, len(names), end - start + 1, first, "account_scan"
+                event.ip or "", end_ts, names, end - start + 1, first, "account_scan"
             )
         return None
 
@@ -259,3 +236,29 @@ class CredentialStuffingDetector:
         """True when nothing of this IP's state matters any more (safe to forget)."""
         c = self.config
         return now_ms - state.last_ts > max(c.stuffing_window_ms, c.stuffing_hold_ms)
+
+
+def _windows(entries: list[tuple[int, str]], window_ms: int) -> Iterator[tuple[int, int, int, int]]:
+    """For each (ts, account) of `entries` (in ts order) as the end of a window of `window_ms`:
+    (index of the window's first entry, index of its end, end ts, distinct accounts in it)."""
+    accounts: Counter[str] = Counter()
+    start = 0
+    for end, (end_ts, account) in enumerate(entries):
+        accounts[account] += 1
+        while entries[start][0] < end_ts - window_ms:
+            gone = entries[start][1]
+            accounts[gone] -= 1
+            if not accounts[gone]:
+                del accounts[gone]
+            start += 1
+        yield start, end, end_ts, len(accounts)
+
+
+def _held_until(end_ts: int, later: Iterable[int], config: DetectionConfig) -> int:
+    """Until when an attack that crossed at `end_ts` stays marked, given the IP's later failures
+    (in ts order): each one within the hold extends it."""
+    until = end_ts + config.stuffing_hold_ms
+    for ts in later:
+        if ts <= until:
+            until = ts + config.stuffing_hold_ms
+    return until
