@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from playwright.sync_api import BrowserContext, Page, sync_playwright
@@ -78,3 +79,18 @@ def screenshot(page: Page, path: str | os.PathLike[str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(target), full_page=True)
     return target
+
+
+class PageServer(ThreadingHTTPServer):
+    """A site of our test pages on its own port (another origin than the service), served by
+    `handler`, which finds the service's address at `self.server.service_base`."""
+
+    daemon_threads = True
+
+    def __init__(self, service_base: str, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.service_base = service_base
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +25,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.browser import launch_chromium, screenshot
+from tests.e2e.browser import PageServer, launch_chromium, screenshot
 from tests.integration.service_fixture import Service, run_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.service]
@@ -97,18 +97,6 @@ class PageHandler(BaseHTTPRequestHandler):
             self.send_error(404)
 
 
-class PageServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, service_base: str) -> None:
-        super().__init__(("127.0.0.1", 0), PageHandler)
-        self.service_base = service_base
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @dataclass
 class Stack:
     service: Service
@@ -124,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("posthog-js"),
         env={"FRUSTRATION_API_KEY": KEY, "FRUSTRATION_QUEUE_TOKEN": "tok"},
     )
-    pages = PageServer(service.base)
+    pages = PageServer(service.base, PageHandler)
     thread = threading.Thread(target=pages.serve_forever, name="posthog-pages", daemon=True)
     thread.start()
     try:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,7 +30,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.browser import launch_chromium, screenshot
+from tests.e2e.browser import PageServer, launch_chromium, screenshot
 from tests.integration.service_fixture import Service, run_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.service]
@@ -76,18 +76,6 @@ class PageHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class PageServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, service_base: str) -> None:
-        super().__init__(("127.0.0.1", 0), PageHandler)
-        self.service_base = service_base
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @dataclass
 class Stack:
     service: Service
@@ -101,7 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     service = run_service(
         workdir, env={"FRUSTRATION_API_KEY": API_KEY, "FRUSTRATION_QUEUE_TOKEN": TOKEN}
     )
-    pages = PageServer(service.base)
+    pages = PageServer(service.base, PageHandler)
     thread = threading.Thread(target=pages.serve_forever, name="e2e-pages", daemon=True)
     thread.start()
     try:
