@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.e2e.browser import CHROMIUM_ARGS, chromium_path, screenshot
-from tests.integration.service_fixture import FRUSTRATION, Service, child_env, run_service
+from tests.integration.service_fixture import Service, add_agent, run_service
 from tests.integration.test_incidents_service import LIVE_ENV, outage_failures
 from tests.integration.test_service import burst, now_ms, wait_flag
 
@@ -50,14 +49,7 @@ WIDTHS = {"1440": (1440, 900), "390": (390, 844)}
 
 
 def _add_agent(db: Path, name: str) -> str:
-    done = subprocess.run(
-        [str(FRUSTRATION), "agents", "add", name, "--db", str(db)],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
+    return add_agent(db, name).stdout.strip()
 
 
 @dataclass

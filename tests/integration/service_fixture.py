@@ -283,3 +283,14 @@ def service_factory(tmp_path: Path) -> Iterator[ServiceFactory]:
     yield start
     for service in started:
         service.stop()
+
+
+def add_agent(db: Path | str, name: str) -> subprocess.CompletedProcess[str]:
+    """`frustration agents add NAME --db DB` as an operator runs it: its stdout is the token."""
+    return subprocess.run(
+        [str(FRUSTRATION), "agents", "add", name, "--db", str(db)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )

@@ -12,13 +12,16 @@ from __future__ import annotations
 import http.client
 import re
 import socket
-import subprocess
 import time
 from typing import Any
 
 import pytest
 
-from tests.integration.service_fixture import FRUSTRATION, Service, ServiceFactory, child_env
+from tests.integration.service_fixture import (
+    Service,
+    ServiceFactory,
+    add_agent,
+)
 from tests.integration.test_service import burst, now_ms, wait_flag
 
 pytestmark = pytest.mark.service
@@ -228,13 +231,7 @@ def test_idle_keep_alive_connections_are_closed(service_factory: ServiceFactory)
 
 
 def _add_agent(db: Any, name: str) -> str:
-    done = subprocess.run(
-        [str(FRUSTRATION), "agents", "add", name, "--db", str(db)],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = add_agent(db, name)
     token = done.stdout.strip()
     assert token and "shown only this once" in done.stderr
     return token
