@@ -105,7 +105,15 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
     kafka_runner.start_worker("worker-a")
     kafka_runner.produce(lines)
     wait_for_flags(kafka_runner, expected_flags(lines)[0])
-    time.sleep(3)  # a checkpoint after the last event
+    # A checkpoint after the last events: they wait in the reorder buffer until the idle advance,
+    # which depends on the machine's load, so wait for their users' records, not a fixed time.
+    last = {orjson.loads(line)["user_id"] for line in lines[-PARTITIONS:]}
+    wait_for(
+        lambda: last <= _users_written(state_records(kafka_runner)),
+        60,
+        "the last events' users in the state",
+        every_s=0.5,
+    )
     before = state_records(kafka_runner)
     latest: dict[bytes, bytes | None] = {}
     for _, _, key, value in before:
@@ -151,10 +159,20 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
         producer.close()
     expected, _ = expected_flags([*lines, *later])
     wait_for_flags(kafka_runner, expected)
-    time.sleep(4)  # idle advance, then a checkpoint
     assert set(flags_on_topic(kafka_runner)) == expected
     seen = {p: o for p, o, _, _ in before}
-    after = [r for r in state_records(kafka_runner) if r[1] > seen.get(r[0], -1)]
-    written = {k[2:].decode() for _, _, k, _ in after if k.startswith(b"u:")}
+    changed = {"late-rager", *(f"late-{n}" for n in range(4))}
+
+    def written_since() -> set[str]:
+        return _users_written([r for r in state_records(kafka_runner) if r[1] > seen.get(r[0], -1)])
+
+    wait_for(lambda: changed <= written_since(), 60, "the later users' records", every_s=0.5)
+    time.sleep(2)  # a write of anyone else would come with or right after them
+    written = written_since()
     print(f"after {misrouted} mis-keyed events of 5 users: user records written for {written}")
-    assert written == {"late-rager", *(f"late-{n}" for n in range(4))}
+    assert written == changed
+
+
+def _users_written(records: list[tuple[int, int, bytes, bytes | None]]) -> set[str]:
+    """The users with a record among changelog `records` (partition, offset, key, value)."""
+    return {key[2:].decode() for _, _, key, _ in records if key.startswith(b"u:")}
