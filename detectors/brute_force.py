@@ -115,6 +115,19 @@ class BruteForceDetector:
             return self._judge(state, event.ip or "", end, until)
         return None
 
+    def in_order_alert(self, state: BruteForceState, ip: str) -> SecurityAlert | None:
+        """The alert in-order processing of the IP's failures would have raised for its current
+        attack (the earliest failure completing a rule from `alert_first_ts` on), when failures
+        came out of order (`learn_late` found an earlier start of an attack already alerted).
+        Changes nothing."""
+        if state.alert_first_ts < 0:
+            return None
+        for end in range(len(state.failures)):
+            rule, first_ts, counted = self._rule(state.failures, end)
+            if rule is not None and first_ts >= state.alert_first_ts:
+                return self._alert(state, ip, end, rule, first_ts, counted)
+        return None
+
     def _judge(
         self, state: BruteForceState, ip: str, end: int, until: int | None = None
     ) -> SecurityAlert | None:
@@ -127,6 +140,12 @@ class BruteForceDetector:
             state.attack_until, until or end_ts + self.config.brute_force_hold_ms
         )
         state.alert_first_ts = first_ts
+        return self._alert(state, ip, end, rule, first_ts, counted)
+
+    def _alert(
+        self, state: BruteForceState, ip: str, end: int, rule: Rule, first_ts: int, counted: int
+    ) -> SecurityAlert:
+        end_ts = state.failures[end][0]
         window = [
             f
             for f in state.failures[: end + 1]

@@ -51,7 +51,32 @@ class DetectionConfig(BaseModel):
 
     # -- event time -------------------------------------------------------------------------------
     allowed_lateness_ms: int = Field(
-        5_000, ge=0, description="How far out of order input may arrive and still count exactly."
+        250,
+        ge=0,
+        description="How far out of order one client's events may arrive (in that client's own "
+        "event time) and still count exactly: its reorder allowance. Each flag waits about this "
+        "long, twice (the client's buffer, then the incident tracker's shared clock).",
+    )
+    user_quiet_ms: int = Field(
+        300_000,
+        ge=0,
+        description="A client whose newest event is this far behind the shared clock is quiet: "
+        "its time is moved up to the shared clock less this (its event ids can then be "
+        "forgotten). A client clock slower than this sees its own events late.",
+    )
+    follow_shared_clock: bool = Field(
+        True,
+        description="A client's held events (never past its newest) and due login deadlines are "
+        "processed once the shared clock is a lateness past them, whatever the client's own "
+        "clock says: what moves quiet clients in a replay, and why their flags reach the "
+        "incident tracker in time. Off: only a client's own events, the wall clock (service) "
+        "and user_quiet_ms move it.",
+    )
+    shared_clock_clients: int = Field(
+        31,
+        ge=1,
+        description="The shared clock (sweeps, incident tracker) is the median watermark of this "
+        "many most recent distinct clients: one client with a wrong clock cannot move it.",
     )
     dedup_window_ms: int = Field(
         600_000, ge=0, description="How long an event_id is remembered to drop repeats."
@@ -242,6 +267,15 @@ class DetectionConfig(BaseModel):
         gt=0,
         description="How long after its last failure an attacking IP stays marked; its failures "
         "never count towards an outreach flag.",
+    )
+
+    source_alert_hold_ms: int = Field(
+        60_000,
+        gt=0,
+        description="How long (the IP's event time) a credential-stuffing or account-scan alert "
+        "is held before it is raised, so that a failure arriving out of order (another client's "
+        "batch, a Kafka copy from a partition up to worker_partition_skew_ms behind) still gives "
+        "the alert in-order processing gives, not a second one. Victims are left out at once.",
     )
 
     # -- distributed credential stuffing (detectors/distributed_stuffing.py) -----------------------

@@ -22,10 +22,24 @@ class SourceState:
     failures: list[tuple[int, str]] = field(default_factory=list)
     attack_until: int = -1  # event time until which the IP counts as an attacker
     alert_first_ts: int = -1  # first failure of the attack that was alerted
+    alert_ts: int = -1  # the failure that completed it (the alert's ts)
+    until_before: int = -1  # attack_until before that alert (the end of any earlier attack)
     last_ts: int = 0
     unknown: list[tuple[int, str]] = field(default_factory=list)  # failures for no such account
-    scan_until: int = -1  # the same two, for the account-scan rule
+    scan_until: int = -1  # the same four, for the account-scan rule
     scan_first_ts: int = -1
+    scan_alert_ts: int = -1
+    scan_until_before: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """The alert in-order processing would have raised for an attack already alerted: a failure
+    came out of order and shows the attack crossed the rule earlier (same attack, another
+    `alert_id`, since the id names its first failure). It replaces that alert while the engine
+    still holds it (`source_alert_hold_ms`)."""
+
+    alert: SecurityAlert
 
 
 class CredentialStuffingDetector:
@@ -47,7 +61,8 @@ class CredentialStuffingDetector:
     large office behind one NAT address with 15 people mistyping within 5 minutes, or 5 people
     typing user names that do not exist, would be marked.
 
-    Cost: O(failures in the window) per failure of that IP; state is kept per IP, not per user.
+    Cost: O(failures in the window and the hold after it) per failure of that IP; state is kept
+    per IP, not per user.
 
     Examples
     --------
@@ -68,28 +83,30 @@ class CredentialStuffingDetector:
 
     def __init__(self, config: DetectionConfig | None = None) -> None:
         self.config = config or DetectionConfig()
+        # Failures are kept a hold longer than the window: a late one can then still be judged
+        # against every failure in-order processing would have seen with it.
+        self._kept_ms = self.config.stuffing_window_ms + self.config.source_alert_hold_ms
 
     def learn_one(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
         """Add one failed login with an IP (in event-time order); an alert on a new attack."""
         c = self.config
         ts = event.ts
         state.last_ts = ts
-        horizon = ts - c.stuffing_window_ms
         failures = state.failures
-        if failures and failures[0][0] < horizon:
-            failures[:] = [f for f in failures if f[0] >= horizon]
+        _forget_before(failures, ts - self._kept_ms)
         failures.append((ts, event.user_id))
         scan = self._learn_scan(state, event)
         if state.attack_until >= ts:
             state.attack_until = ts + c.stuffing_hold_ms  # the attack goes on
             return None
-        accounts = {f[1] for f in failures}
+        window = _in_window(failures, ts - c.stuffing_window_ms)
+        accounts = {f[1] for f in window}
         if len(accounts) < c.stuffing_min_accounts:
             return scan
-        state.attack_until = ts + c.stuffing_hold_ms
-        first = failures[0][0]
-        state.alert_first_ts = first
-        return self._alert(event.ip or "", ts, len(accounts), len(failures), first)
+        state.until_before, state.attack_until = state.attack_until, ts + c.stuffing_hold_ms
+        first = window[0][0]
+        state.alert_first_ts, state.alert_ts = first, ts
+        return self._alert(event.ip or "", ts, len(accounts), len(window), first)
 
     def _learn_scan(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
         """The account-scan rule for one failure in event-time order (see the class)."""
@@ -97,8 +114,7 @@ class CredentialStuffingDetector:
         ts = event.ts
         unknown = state.unknown
         horizon = ts - c.stuffing_window_ms
-        if unknown and unknown[0][0] < horizon:
-            unknown[:] = [f for f in unknown if f[0] >= horizon]
+        _forget_before(unknown, ts - self._kept_ms)
         if event.reason not in c.login_nonexistent_account_reasons:
             if state.scan_until >= ts:
                 state.scan_until = ts + c.stuffing_hold_ms  # the scan goes on
@@ -107,14 +123,17 @@ class CredentialStuffingDetector:
         if state.scan_until >= ts:
             state.scan_until = ts + c.stuffing_hold_ms
             return None
-        names = {account for _, account in unknown}
+        window = _in_window(unknown, horizon)
+        names = {account for _, account in window}
         if len(names) < c.stuffing_min_unknown_accounts:
             return None
-        state.scan_until = ts + c.stuffing_hold_ms
-        first = state.scan_first_ts = state.failures[0][0]  # the IP's first failure in the window
+        state.scan_until_before, state.scan_until = state.scan_until, ts + c.stuffing_hold_ms
+        # The alert starts at the IP's first failure in the window, whatever its reason.
+        first = state.scan_first_ts = _in_window(state.failures, horizon)[0][0]
+        state.scan_alert_ts = ts
         if self._stuffing(state, ts):
             return None  # one alert per attack: credential stuffing has said it
-        return self._alert(event.ip or "", ts, len(names), len(unknown), first, "account_scan")
+        return self._alert(event.ip or "", ts, len(names), len(window), first, "account_scan")
 
     def _alert(
         self,
@@ -138,11 +157,13 @@ class CredentialStuffingDetector:
             first_ts=first_ts,
         )
 
-    def learn_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
-        """Add a failure that arrives after later ones of the same IP: in the Kafka runner, a copy
-        from a partition that runs behind. If it completes an attack this state had missed, the
-        IP is marked from the attack's first failure (so its victims are left out) and the alert
-        is raised as in-order processing would have raised it: same alert_id, ts and counts.
+    def learn_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | Revision | None:
+        """Add a failure that arrives after later ones of the same IP: a client's batch that
+        came after another's, or in the Kafka runner a copy from a partition that runs behind.
+        If it completes an attack this state had missed, the IP is marked from the attack's
+        first failure (so its victims are left out) and the alert is raised as in-order
+        processing would have raised it: same alert_id, ts and counts. If it shows an attack
+        already alerted crossed the rule earlier, the in-order alert comes as a `Revision`.
         Several partitions may raise the same alert; it is idempotent by alert_id."""
         bisect.insort(state.failures, (event.ts, event.user_id))
         state.last_ts = max(state.last_ts, event.ts)
@@ -150,30 +171,30 @@ class CredentialStuffingDetector:
         scan = self._scan_late(state, event)
         return stuffing or scan
 
-    def _stuffing_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
+    def _stuffing_late(
+        self, state: SourceState, event: LoginEvent
+    ) -> SecurityAlert | Revision | None:
         c = self.config
         failures = state.failures
         for start, end, end_ts, accounts in _windows(failures, c.stuffing_window_ms):
-            if accounts < c.stuffing_min_accounts or self.is_attack(state, end_ts):
-                continue
-            if end_ts < event.ts:
-                continue  # a crossing this state had already judged without this failure
+            if accounts < c.stuffing_min_accounts or end_ts < event.ts:
+                continue  # below the rule, or a crossing already judged without this failure
             first = failures[start][0]
-            if (
-                state.alert_first_ts >= 0
-                and abs(state.alert_first_ts - first) <= c.stuffing_window_ms
-            ):
-                # Alerted already, from a later crossing (copies were missing then): same attack,
-                # so mark it from its real start and do not alert twice.
-                state.alert_first_ts = min(state.alert_first_ts, first)
-                return None
+            if state.until_before < end_ts < state.alert_ts:
+                # In order, the alerted attack would have been alerted here.
+                state.alert_first_ts, state.alert_ts = first, end_ts
+                alert = self._alert(event.ip or "", end_ts, accounts, end - start + 1, first)
+                return Revision(alert)
+            if self.is_attack(state, end_ts):
+                continue
             later = (t for t, _ in failures[end + 1 :])  # the attack went on
+            state.until_before = state.attack_until
             state.attack_until = max(state.attack_until, _held_until(end_ts, later, c))
-            state.alert_first_ts = first
+            state.alert_first_ts, state.alert_ts = first, end_ts
             return self._alert(event.ip or "", end_ts, accounts, end - start + 1, first)
         return None
 
-    def _scan_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
+    def _scan_late(self, state: SourceState, event: LoginEvent) -> SecurityAlert | Revision | None:
         """The account-scan rule for a failure that arrives after later ones (as above)."""
         c = self.config
         if event.reason not in c.login_nonexistent_account_reasons:
@@ -183,19 +204,23 @@ class CredentialStuffingDetector:
         for start, end, end_ts, names in _windows(unknown, c.stuffing_window_ms):
             if names < c.stuffing_min_unknown_accounts or end_ts < event.ts:
                 continue
-            if self._scanning(state, end_ts):
-                continue
             horizon = end_ts - c.stuffing_window_ms
             first = next(t for t, _ in state.failures if t >= horizon)
-            if (
-                state.scan_first_ts >= 0
-                and abs(state.scan_first_ts - first) <= c.stuffing_window_ms
-            ):
-                state.scan_first_ts = min(state.scan_first_ts, first)  # alerted already
-                return None
+            if state.scan_until_before < end_ts < state.scan_alert_ts:
+                state.scan_first_ts, state.scan_alert_ts = first, end_ts
+                if self._stuffing(state, end_ts):
+                    return None  # one alert per attack: credential stuffing has said it
+                return Revision(
+                    self._alert(
+                        event.ip or "", end_ts, names, end - start + 1, first, "account_scan"
+                    )
+                )
+            if self._scanning(state, end_ts):
+                continue
             later = (t for t, _ in state.failures if t > end_ts)  # the scan went on
+            state.scan_until_before = state.scan_until
             state.scan_until = max(state.scan_until, _held_until(end_ts, later, c))
-            state.scan_first_ts = first
+            state.scan_first_ts, state.scan_alert_ts = first, end_ts
             if self._stuffing(state, end_ts):
                 return None
             return self._alert(
@@ -236,6 +261,16 @@ class CredentialStuffingDetector:
         """True when nothing of this IP's state matters any more (safe to forget)."""
         c = self.config
         return now_ms - state.last_ts > max(c.stuffing_window_ms, c.stuffing_hold_ms)
+
+
+def _forget_before(entries: list[tuple[int, str]], horizon: int) -> None:
+    if entries and entries[0][0] < horizon:
+        del entries[: bisect.bisect_left(entries, (horizon, ""))]
+
+
+def _in_window(entries: list[tuple[int, str]], horizon: int) -> list[tuple[int, str]]:
+    """The entries (in ts order) at or after `horizon`."""
+    return entries[bisect.bisect_left(entries, (horizon, "")) :]
 
 
 def _windows(entries: list[tuple[int, str]], window_ms: int) -> Iterator[tuple[int, int, int, int]]:

@@ -99,6 +99,32 @@ class DistributedStuffingDetector:
         state.window.append((ts, event.user_id, event.ip))
         state.accounts[event.user_id] += 1
         state.ips[event.ip] += 1
+        return self._judge(state, ts)
+
+    def learn_late(self, state: DistributedState, event: LoginEvent) -> SecurityAlert | None:
+        """Add a failure older than the newest one learnt (failures of different clients arrive
+        in an order that differs from event time by up to their allowed lateness): it takes its
+        place in the window and the surge is judged again at the newest failure's time. The
+        baseline's buckets behind the newest failure are not sampled again."""
+        if not self.counts(event) or event.ip is None:
+            return None
+        window = state.window
+        if not window or event.ts >= window[-1][0]:
+            return self.learn_one(state, event)
+        newest = window[-1][0]
+        if event.ts < newest - self.config.distributed_stuffing_window_ms:
+            return None  # already out of the window in order too
+        i = len(window)
+        while i and window[i - 1][0] > event.ts:  # late by little: a few steps from the end
+            i -= 1
+        window.insert(i, (event.ts, event.user_id, event.ip))
+        state.accounts[event.user_id] += 1
+        state.ips[event.ip] += 1
+        return self._judge(state, newest)
+
+    def _judge(self, state: DistributedState, ts: int) -> SecurityAlert | None:
+        """At event time `ts`, after a failure was added: an alert if a new surge is on."""
+        c = self.config
         if not self._surging(state):
             return None
         ongoing = state.attack_until >= ts

@@ -1,24 +1,43 @@
 """The detector core: events in (in any order within the allowed lateness), signals, flags and
 security alerts out, in event time. No I/O and no clock: the same input gives the same output.
 
+Time is kept **per user**: each client's events are ordered and judged in that client's own event
+time, so a client whose clock is wrong (or forged) affects only its own flags. State shared
+across clients has clocks of its own that no single client can drag.
+
 The data path, for one event::
 
-    push(event) ── duplicate event_id? ──> counted, dropped
-        │         later than the watermark? ──> LateEvent in the outbox (runners dead-letter it)
+    push(event) ── (user_id, event_id) seen? ──> counted, dropped
+        │   a failed login with an IP ──> the per-IP detectors at once, in the IP's time (in
+        │                                 order, or added out of order by `learn_late`):
+        │                                 CredentialStuffingDetector, BruteForceDetector (per
+        │                                 IP), DistributedStuffingDetector (all IPs); alerts now
+        │   older than *its user's* watermark? ──> LateEvent in the outbox (runners dead-letter it)
         ▼
-    reorder buffer (heap by event time) ── released once older than the watermark
-        ▼                                  (= newest event time seen - allowed_lateness_ms)
-    due timers fire first (login confirmations), then the user's detectors:
-        click ─> RageClickDetector      login ─> CredentialStuffingDetector (per IP)
-                                                  BruteForceDetector (per IP)
-                                                  DistributedStuffingDetector (all IPs)
-                                                  FailedLoginDetector (per account)
+    the user's reorder buffer ── released once older than the user's watermark
+        ▼                        (= newest event time of that user - allowed_lateness_ms, or
+        ▼                        moved on by `advance_wall` / `advance_watermark` when it is quiet)
+    the user's due login deadline fires first, then the user's detectors:
+        click ─> RageClickDetector      login ─> FailedLoginDetector (per account; asks the IP)
         chat  ─> AbruptChatEndDetector
         ▼
     Signal ─> FlagScorer ─> Flag
 
-Runners (`streams.embedded.runner`, `streams.kafka.worker`) call `push` for each event and drain
-`outbox`; `flush` at the end of a finite input releases everything and fires every timer.
+The shared clock (`watermark_ms`) is the median of the watermarks of the last
+`shared_clock_clients` distinct clients to send events, never moving backwards: one client dated
+ten minutes ahead is one sample of 31 and cannot move it. It drives what is shared: forgetting
+idle state and event ids' memory sweep, and the incident tracker downstream.
+
+Once the shared clock is a lateness past a client's held event or login deadline, that is
+processed whatever the client's own clock says (`follow_shared_clock`): what moves quiet clients
+in a replay, and why every such flag reaches the incident tracker, which follows the same clock,
+before the tracker moves past its time.
+
+Runners (`streams.embedded.runner`, `streams.kafka.worker`) call `push` for each event (with the
+wall time it arrived, `arrived_ms`), drain `outbox`, and call `advance_wall(now_ms, idle_ms)`
+about every 100 ms: a live client's buffer and deadlines move on with the wall clock from its own
+last event; a back-fill client's (dated far from the wall clock) only once all input is idle.
+`flush` at the end of a finite input releases everything and fires every timer.
 
 The Kafka runner runs one engine per partition of users. Credential stuffing is judged per IP,
 across users, so each partition's engine also receives every other partition's failed logins as
@@ -28,15 +47,16 @@ else, so every engine judges an IP exactly as one engine seeing everything would
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
 from detectors.brute_force import BruteForceDetector, BruteForceState
 from detectors.config import DetectionConfig
-from detectors.credential_stuffing import CredentialStuffingDetector, SourceState
+from detectors.credential_stuffing import CredentialStuffingDetector, Revision, SourceState
 from detectors.distributed_stuffing import DistributedState, DistributedStuffingDetector
 from detectors.failed_login import FailedLoginDetector, FailedLoginState, SourceVerdict
 from detectors.rage_click import RageClickDetector, RageClickState
@@ -46,10 +66,27 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 4
+STATE_VERSION = 5  # 5: held alerts of every per-IP rule, by (ip, kind)
 
-#: How often (event time) idle users are swept out of memory.
+#: How often (shared event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000
+
+#: Pushes between two recomputations of the shared clock (a median of a few dozen numbers).
+SHARED_CLOCK_EVERY = 64
+#: Pushes that move a client past the shared clock between two recomputations of it.
+SHARED_CLOCK_RISE_EVERY = 8
+
+#: A client whose newest event time is within this of the wall time it arrived is live: its time
+#: moves on with the wall clock when it goes quiet. Any other is a back-fill (a replayed file, a
+#: client with a wrong clock): wall time says nothing about its event time, so it moves only with
+#: its own events, the shared clock, or once all input has gone idle.
+LIVE_WINDOW_MS = 600_000
+
+#: Later than any event time: "fire every deadline".
+END_OF_TIME = 2**62
+
+#: One buffered event: (ts, tiebreak, seq, event); a total order whatever the arrival.
+Buffered = tuple[int, str, int, AnyEvent]
 
 
 @dataclass(slots=True)
@@ -67,9 +104,35 @@ class UserState:
         self.clicks = self.logins = self.chats = None
 
 
+@dataclass(slots=True)
+class UserClock:
+    """One client's event time: its reorder buffer, watermark and remembered event ids."""
+
+    newest: int  # newest event time seen from this client
+    watermark: int  # every event of this client older than this was processed; older is late
+    arrived_ms: int | None = None  # the runner's wall time when `newest` arrived (None: replay)
+    # Where the wall clock has carried this live client's time (newest + quiet wall time -
+    # lateness): what the shared clock sees of it. Its watermark goes no further than its newest
+    # event (+1), so its next events are never late because it was quiet, and jumps only to fire
+    # a due login deadline.
+    virtual: int | None = None
+    buffer: list[Buffered] = field(default_factory=list)
+    # event_key(event_id) -> ts, in arrival order: 8 bytes per id instead of the id itself (a
+    # platform's ids are often 36-character UUIDs, and ten minutes of them are kept per client).
+    seen: dict[int, int] = field(default_factory=dict)
+
+
+def event_key(event_id: str) -> int:
+    """A client's event id as the 64-bit number it is remembered by. Two ids of one client in
+    one dedup window share it with a chance of about n²/2⁶⁵ (n ids): below 1 in 10¹³ for a
+    thousand."""
+    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 @dataclass(frozen=True, slots=True)
 class LateEvent:
-    """An event that arrived after the watermark had passed its time: not processed, reported."""
+    """An event that arrived after its user's watermark had passed its time: not processed."""
 
     event: AnyEvent
     watermark_ms: int
@@ -84,7 +147,8 @@ class EngineStats:
 
     events: Counter[str] = field(default_factory=Counter)  # processed, by type
     source_copies: int = 0  # source-only copies processed (Kafka runner)
-    source_copies_late: int = 0  # copies that came after the watermark (added out of order)
+    alerts_revised_too_late: int = 0  # in-order alert found after its attack's was sent
+    source_copies_late: int = 0  # copies older than their IP's time - the lateness
     duplicates: int = 0
     late: int = 0
     signals: Counter[str] = field(default_factory=Counter)  # by kind
@@ -94,20 +158,20 @@ class EngineStats:
 
 
 class DetectionEngine:
-    """Runs the three detectors and the scorer over a stream of events, in event time.
+    """Runs the three detectors and the scorer over a stream of events, in each user's event time.
 
     Examples
     --------
     >>> from signals.events import ClickEvent
     >>> engine = DetectionEngine()
     >>> t0 = 1_795_255_200_000
-    >>> for i in reversed(range(8)):  # arrival order does not matter within the lateness
-    ...     engine.push(ClickEvent(type="click", user_id="u1", ts=t0 + 250 * i, target="#pay",
+    >>> for i in (1, 0, 3, 2, 5, 4, 7, 6):  # arrival order does not matter within the lateness
+    ...     engine.push(ClickEvent(type="click", user_id="u1", ts=t0 + 100 * i, target="#pay",
     ...                            label="Pay now", page="/billing"))
     >>> engine.flush()
     >>> flags = [o for o in engine.outbox if isinstance(o, Flag)]
     >>> [(f.severity, f.reason) for f in flags]
-    [('low', 'The client clicked “Pay now” 6 times in 1.2 s on /billing.')]
+    [('low', 'The client clicked “Pay now” 6 times in 0.5 s on /billing.')]
     """
 
     def __init__(
@@ -129,95 +193,404 @@ class DetectionEngine:
         self.chats = AbruptChatEndDetector(self.config)
         self.scorer = FlagScorer(self.config)
         self.users: dict[str, UserState] = {}
+        self.clocks: dict[str, UserClock] = {}
         self.sources: dict[str, SourceState] = {}
         self.brute_sources: dict[str, BruteForceState] = {}
         self.surge = DistributedState()  # the platform's credential failures, for botnets
+        # Per-IP alerts held for a while of their IP's time, by (ip, kind), with whether
+        # credential stuffing already explained them (brute force): a failure that comes out of
+        # order (another client's batch, a Kafka copy from a partition running behind) may still
+        # show the attack crossed its rule earlier, and the alert in-order processing would have
+        # raised is the one given. Brute force is held brute_force_window_ms, credential
+        # stuffing and account scans source_alert_hold_ms.
+        self._held_alerts: dict[tuple[str, str], tuple[SecurityAlert, bool]] = {}
         self.outbox: list[Output] = []
         self.stats = EngineStats()
-        # (ts, user_id, tiebreak, seq, source_only, event): a total order, whatever the arrival.
-        self._buffer: list[tuple[int, str, str, int, bool, AnyEvent]] = []
         self._seq = 0
-        self._timers: list[tuple[int, str]] = []
-        self._seen: set[str] = set()
-        self._seen_order: deque[tuple[int, str]] = deque()  # (ts, event_id) in arrival order
-        self._max_ts: int | None = None
+        # Users with buffered events or a pending login deadline (what `advance_wall` visits).
+        self._pending: set[str] = set()
+        # The last `shared_clock_clients` distinct clients to move their clock (insertion order).
+        self._recent: dict[str, None] = {}
+        self._shared: int | None = None
+        # Clients to move on with the shared clock once quiet: (event time after which to look
+        # again, user_id); entries may be stale.
+        self._quiet: list[tuple[int, str]] = []
+        self._pushes = 0
         self._last_sweep = 0
+        self._last_arrival_ms: int | None = None  # newest `arrived_ms` pushed (or the restart)
+        # Pending login deadlines (deadline, user_id), fired once the shared clock passes them;
+        # entries may be stale (the deadline moved or was cleared since).
+        self._due: list[tuple[int, str]] = []
+        # Users whose state or clock changed since a runner last took them (`take_changed_users`):
+        # what a runner that stores state per user has to write. Not part of the snapshot.
+        self.changed_users: set[str] = set()
 
-    # -- input ------------------------------------------------------------------------------------
+    # -- clocks -----------------------------------------------------------------------------------
     @property
     def watermark_ms(self) -> int | None:
-        """Events older than this are late; everything older has been processed."""
-        if self._max_ts is None:
-            return None
-        return self._max_ts - self.config.allowed_lateness_ms
+        """The shared clock: the median watermark of the recent clients, never backwards. What no
+        single client can drag; the incident tracker and the sweeps follow it."""
+        self._update_shared()
+        return self._shared
 
-    def push(self, event: AnyEvent, *, source_only: bool = False) -> None:
+    @property
+    def flag_watermark_ms(self) -> int | None:
+        """Where the incident tracker may move: the shared clock less one lateness, the spread
+        between honest clients' watermarks. Not held back by any client's pending deadline: a
+        client whose clock runs behind would hold everyone's flags. A flag that still comes after
+        it is grouped at once by the tracker (counted late there), never lost."""
+        shared = self.watermark_ms
+        if shared is None:
+            return None
+        # Never more than the tracker's own allowance behind: with a wide per-client lateness
+        # (a back-fill allowing an hour) the tracker would otherwise hold every flag that long.
+        c = self.config
+        return shared - min(c.allowed_lateness_ms, c.incident_lateness_ms)
+
+    def user_watermark_ms(self, user_id: str) -> int | None:
+        """That user's own watermark: its events older than this are late."""
+        clock = self.clocks.get(user_id)
+        return None if clock is None else clock.watermark
+
+    def _update_shared(self) -> None:
+        clocks = self.clocks
+        marks = [
+            c.watermark if c.virtual is None or c.virtual < c.watermark else c.virtual
+            for u in self._recent
+            if (c := clocks.get(u)) is not None
+        ]
+        marks.sort()
+        if not marks:
+            return
+        median = marks[len(marks) // 2]  # the upper median: a quiet client cannot hold it
+        if self._shared is None or median > self._shared:
+            self._move_shared(median)
+
+    def _move_shared(self, shared: int) -> None:
+        """The shared clock reaches `shared`: what waits on it happens."""
+        self._shared = shared
+        if self.config.follow_shared_clock:
+            self._fire_shared(shared - self._tracker_lag_ms())
+        self._release_alerts(shared)
+        self._move_quiet(shared)
+        if shared - self._last_sweep >= SWEEP_INTERVAL_MS:
+            self._sweep(shared)
+
+    def _tracker_lag_ms(self) -> int:
+        c = self.config
+        return min(c.allowed_lateness_ms, c.incident_lateness_ms)
+
+    def _fire_shared(self, floor: int) -> None:
+        """What each client has sent and what is due, up to `floor` (the incident tracker's next
+        watermark, `flag_watermark_ms`), is processed whatever the client's own clock says:
+        its buffered events before `floor` (never past its newest event: its next ones are not
+        made late) and its login deadlines before `floor`. Their flags then reach the tracker
+        before it moves past their time, so they are grouped in event-time order, identically
+        in the service and in a replay. A deadline moves the client's time just past it (its
+        events before the deadline that come later are late): for an honest client the shared
+        clock is its own time give or take the lateness; a client dated behind loses part of its
+        own confirmation wait, nobody else anything."""
+        due = self._due
+        while due and due[0][0] < floor:
+            _, user_id = heapq.heappop(due)
+            clock = self.clocks.get(user_id)
+            if clock is None:
+                continue
+            self._advance_user(user_id, clock, min(floor, clock.newest + 1))
+            self._fire_until(user_id, clock, floor)
+            nxt = self._next_due(user_id, clock)
+            if nxt is not None:  # at or after `floor`: what was before it was handled above
+                heapq.heappush(due, (max(nxt, floor), user_id))
+
+    def _next_due(self, user_id: str, clock: UserClock) -> int | None:
+        """The earliest event time at which something of this client is waiting."""
+        nxt = clock.buffer[0][0] if clock.buffer else None
+        state = self.users.get(user_id)
+        if state is not None and state.logins is not None and state.logins.deadline is not None:
+            deadline = state.logins.deadline
+            nxt = deadline if nxt is None else min(nxt, deadline)
+        return nxt
+
+    def _move_quiet(self, shared: int) -> None:
+        """Clients far behind the shared clock follow it: nothing of theirs is in flight any
+        more. What moves a quiet client in a replay (no wall clock); in the service the wall
+        clock (`advance_wall`) has long done it, so both give the same output."""
+        floor = shared - self.config.user_quiet_ms
+        quiet = self._quiet
+        while quiet and quiet[0][0] < floor:
+            _, user_id = heapq.heappop(quiet)
+            clock = self.clocks.get(user_id)
+            if clock is None or clock.newest >= floor:
+                continue  # gone, or active again (a newer entry exists)
+            self._advance_user(user_id, clock, floor)
+            state = self.users.get(user_id)
+            if state is not None and state.logins is not None and state.logins.deadline:
+                heapq.heappush(quiet, (state.logins.deadline, user_id))
+
+    def _note_recent(self, user_id: str) -> None:
+        recent = self._recent
+        if user_id in recent:
+            del recent[user_id]
+        recent[user_id] = None
+        if len(recent) > self.config.shared_clock_clients:
+            del recent[next(iter(recent))]
+
+    # -- input ------------------------------------------------------------------------------------
+    def push(
+        self, event: AnyEvent, *, source_only: bool = False, arrived_ms: int | None = None
+    ) -> None:
         """Accept one event; outputs it completes are appended to `outbox`.
 
         `source_only`: a failed login owned by another engine, seen here only for the per-IP
-        credential-stuffing state (no user state, no alert, not counted as an event)."""
+        credential-stuffing state (no user state, no alert, not counted as an event).
+        `arrived_ms`: the runner's wall time of arrival (lets `advance_wall` move this client's
+        time on when it goes quiet); None in replays."""
         ts = event.ts
-        event_id = event.event_id
-        if event_id is not None:
-            if event_id in self._seen:
-                self.stats.duplicates += 1
-                return
-            self._seen.add(event_id)
-            self._seen_order.append((ts, event_id))
-        max_ts = self._max_ts
-        if max_ts is not None and ts < max_ts - self.config.allowed_lateness_ms:
-            if source_only:  # the owning engine reports the event itself; the IP still counts it
-                self.stats.source_copies_late += 1
-                self._learn_source_late(event)
-            else:
-                self.stats.late += 1
-                self.outbox.append(LateEvent(event, max_ts - self.config.allowed_lateness_ms))
+        user_id = event.user_id
+        lateness = self.config.allowed_lateness_ms
+        clock = self.clocks.get(user_id)
+        event_id = None if event.event_id is None else event_key(event.event_id)
+        if event_id is not None and clock is not None and event_id in clock.seen:
+            self.stats.duplicates += 1
             return
-        tiebreak = event_id if event_id is not None else event.model_dump_json()
+        self.changed_users.add(user_id)
+        if source_only:
+            self.stats.source_copies += 1
+            if self._remembered(ts, None):
+                self._learn_source(event, copy=True)
+            else:
+                self.stats.source_copies_late += 1
+            if event_id is not None:  # a repeated copy must not count twice in the IP's window
+                if clock is None:
+                    clock = self.clocks[user_id] = UserClock(ts, ts - lateness)
+                clock.seen[event_id] = ts
+            return
+        if clock is None:
+            clock = self.clocks[user_id] = UserClock(ts, ts - lateness)
+        if event_id is not None:
+            clock.seen[event_id] = ts
+        if event.type == "login" and self._remembered(ts, clock.watermark):
+            self._learn_source(event, copy=False)  # the IP counts even a failure late for its user
+        if ts < clock.watermark:
+            self.stats.late += 1
+            self.outbox.append(LateEvent(event, clock.watermark))
+            return
+        tiebreak = event.event_id if event.event_id is not None else event.model_dump_json()
         self._seq += 1
-        heapq.heappush(self._buffer, (ts, event.user_id, tiebreak, self._seq, source_only, event))
-        # Copies come from other partitions, which may run ahead: only a partition's own events
-        # move its event time, or a copy could make the partition's own events late.
-        if not source_only and (max_ts is None or ts > max_ts):
-            self._max_ts = max_ts = ts
-            self._release(max_ts - self.config.allowed_lateness_ms)
+        buffer = clock.buffer
+        if not buffer or ts < buffer[0][0]:
+            heapq.heappush(self._due, (ts, user_id))  # a new head: when the shared clock takes it
+        heapq.heappush(buffer, (ts, tiebreak, self._seq, event))
+        self._pending.add(user_id)
+        if arrived_ms is not None and (
+            self._last_arrival_ms is None or arrived_ms > self._last_arrival_ms
+        ):
+            self._last_arrival_ms = arrived_ms
+        if ts >= clock.newest:
+            clock.newest = ts
+            clock.arrived_ms = arrived_ms
+            clock.virtual = None
+            self._note_recent(user_id)
+            heapq.heappush(self._quiet, (ts, user_id))
+        self._advance_user(user_id, clock, clock.newest - lateness)
+        self._pushes += 1
+        # The median can rise only when a watermark passes it (or a client leaves the sample);
+        # it is a median of dozens, so it is recomputed every few such pushes, not at each.
+        shared = self._shared
+        pushes = self._pushes
+        if (
+            shared is None
+            or (clock.watermark > shared and pushes % SHARED_CLOCK_RISE_EVERY == 0)
+            or pushes % SHARED_CLOCK_EVERY == 0
+        ):
+            self._update_shared()
+
+    def _remembered(self, ts: int, user_watermark: int | None) -> bool:
+        """Whether an event at `ts` is recent enough that its event_id, had it come before, would
+        still be remembered (forgotten a dedup window behind its client's time, or behind the
+        shared clock in a sweep). An older one may be a repeat: the per-IP state must not count
+        it (its user reports it late)."""
+        behind = self._shared if user_watermark is None else user_watermark
+        if self._shared is not None and behind is not None:
+            behind = max(behind, self._shared)
+        return behind is None or ts >= behind - self.config.dedup_window_ms
+
+    def advance_wall(self, now_ms: int, idle_ms: int | None = None) -> None:
+        """Runner housekeeping (about every 100 ms). A *live* client (its newest event dated
+        within `LIVE_WINDOW_MS` of the wall time it arrived) moves on with the wall clock from its
+        own newest event (`newest + (now - arrived) - lateness`): its buffer is released once the
+        lateness has passed and its login deadline fires when due, in its own time. Its watermark
+        goes no further than its newest event otherwise, so the events of its next batch (a
+        collector posts every 2 s) are never late because it was quiet.
+
+        A *back-fill* client (dated further from the wall clock) is not moved by wall time: a file
+        posted faster than real time would have its events made late, and the replay of the same
+        file (no wall clock) would differ. Its buffer is released only once no event at all has
+        arrived for `idle_ms` (the input went idle; a restart is not idleness): then, as a replay
+        at the end of its input, all it sent is processed and its login deadlines fire. Clients
+        pushed without `arrived_ms` never move here."""
+        lateness = self.config.allowed_lateness_ms
+        last = self._last_arrival_ms
+        idle = idle_ms is not None and last is not None and now_ms - last >= idle_ms
+        for user_id in sorted(self._pending | self._recent.keys()):
+            clock = self.clocks.get(user_id)
+            if clock is None or clock.arrived_ms is None:
+                continue
+            if abs(clock.arrived_ms - clock.newest) < LIVE_WINDOW_MS:
+                virtual = clock.newest + max(0, now_ms - clock.arrived_ms) - lateness
+                if clock.virtual is None or virtual > clock.virtual:
+                    clock.virtual = virtual
+                    self.changed_users.add(user_id)
+                self._advance_user(user_id, clock, min(virtual, clock.newest + 1))
+                self._fire_until(user_id, clock, virtual)
+            elif idle:  # as a replay's end of input: everything released, every deadline fired
+                self._advance_user(user_id, clock, clock.newest + 1)
+                self._fire_until(user_id, clock, END_OF_TIME)
+        if idle:
+            self._release_alerts(None)
+        self._update_shared()
+
+    @property
+    def last_arrival_ms(self) -> int | None:
+        """The newest wall time an event arrived at (`push(arrived_ms=...)`), or the restart."""
+        return self._last_arrival_ms
+
+    def is_backfill(self, user_id: str) -> bool:
+        """Whether that client's newest event is dated `LIVE_WINDOW_MS` or more from its arrival."""
+        clock = self.clocks.get(user_id)
+        return (
+            clock is not None
+            and clock.arrived_ms is not None
+            and abs(clock.arrived_ms - clock.newest) >= LIVE_WINDOW_MS
+        )
+
+    def backfill_newest_ms(self) -> int | None:
+        """The newest event time of the back-fill clients (see `advance_wall`), for a runner that
+        moves the incident tracker on once all input has gone idle: always in the past, so no
+        client can drag the tracker ahead of the live ones this way."""
+        newest = None
+        for clock in self.clocks.values():
+            if clock.arrived_ms is not None and abs(clock.arrived_ms - clock.newest) >= (
+                LIVE_WINDOW_MS
+            ):
+                newest = clock.newest if newest is None else max(newest, clock.newest)
+        return newest
+
+    def _fire_until(self, user_id: str, clock: UserClock, until: int) -> None:
+        """Fire the user's login deadlines due before `until` (its time), moving its watermark
+        just past each: events before a deadline that arrive after it fired are late."""
+        state = self.users.get(user_id)
+        while state is not None and state.logins is not None:
+            deadline = state.logins.deadline
+            if deadline is None or deadline >= until or deadline + 1 <= clock.watermark:
+                return
+            self._advance_user(user_id, clock, deadline + 1)
+
+    def rebase_arrivals(self, now_ms: int) -> None:
+        """After a restart: every client resumes as if its newest event had arrived now (the
+        time the runner was down is not time the client was quiet)."""
+        for user_id, clock in self.clocks.items():
+            if clock.arrived_ms is not None:
+                self.changed_users.add(user_id)
+                if abs(clock.arrived_ms - clock.newest) < LIVE_WINDOW_MS:  # a back-fill stays one
+                    clock.arrived_ms = now_ms
+                clock.virtual = None
+        if self._last_arrival_ms is not None:
+            self._last_arrival_ms = now_ms
 
     def advance_watermark(self, ts: int) -> None:
-        """Move event time forward without an event (input went quiet); never backwards."""
-        if self._max_ts is None or ts > self._max_ts:
-            self._max_ts = ts
-            watermark = ts - self.config.allowed_lateness_ms
-            self._release(watermark)
-            self._fire_timers(watermark)
+        """Move event time on to `ts` - lateness without an event (a quiet partition of the
+        Kafka runner, a back-fill that ended, tests); never backwards. Every client's events
+        before it are processed and its login deadlines before it fire; as with the wall clock
+        (`advance_wall`), a client's own watermark goes no further than its newest event
+        otherwise, so its next events are not late for its having been quiet, and a client
+        with nothing held is not touched (its state is not rewritten by an idle partition)."""
+        watermark = ts - self.config.allowed_lateness_ms
+        for user_id in sorted(self._pending):
+            clock = self.clocks.get(user_id)
+            if clock is None:
+                continue
+            self._advance_user(user_id, clock, min(watermark, clock.newest + 1))
+            self._fire_until(user_id, clock, watermark)
+        if self._shared is None or watermark > self._shared:
+            self._move_shared(watermark)
+        self._update_shared()
 
     def flush(self) -> None:
-        """End of input: process everything buffered and fire every pending timer."""
-        self._release(None)
-        self._fire_timers(None)
+        """End of input: process everything buffered (in event-time order across users) and fire
+        every pending timer."""
+        merged: list[tuple[int, str, str, int, AnyEvent]] = []
+        self.changed_users.update(self.clocks)
+        for user_id, clock in self.clocks.items():
+            merged += [(ts, user_id, tb, seq, e) for ts, tb, seq, e in clock.buffer]
+            clock.buffer = []
+            if clock.newest + 1 > clock.watermark:
+                clock.watermark = clock.newest + 1
+        merged.sort()
+        for ts, user_id, _, _, event in merged:
+            self._fire_due(user_id, ts)
+            self._process(event)
+        due = sorted(
+            (s.logins.deadline, u)
+            for u, s in self.users.items()
+            if s.logins is not None and s.logins.deadline is not None
+        )
+        while due:
+            deadline, user_id = heapq.heappop(due)
+            self._fire_due(user_id, deadline + 1)
+            state = self.users.get(user_id)
+            if state is not None and state.logins is not None and state.logins.deadline is not None:
+                heapq.heappush(due, (state.logins.deadline, user_id))  # postponed
+        self._pending.clear()
+        self._release_alerts(None)
+        self._update_shared()
 
     # -- processing -------------------------------------------------------------------------------
-    def _release(self, watermark: int | None) -> None:
-        buffer = self._buffer
-        while buffer and (watermark is None or buffer[0][0] < watermark):
-            _, _, _, _, source_only, event = heapq.heappop(buffer)
-            if source_only:
-                self._observe_source(event)
-            else:
-                self._process(event)
-        if watermark is not None and self._seen_order:
-            self._forget_event_ids(watermark - self.config.dedup_window_ms)
+    def _advance_user(self, user_id: str, clock: UserClock, watermark: int) -> None:
+        """The client's event time reaches `watermark`: release its older events, fire its due
+        deadline, forget its event ids older than the dedup window."""
+        if watermark <= clock.watermark:
+            return
+        clock.watermark = watermark
+        self.changed_users.add(user_id)
+        buffer = clock.buffer
+        while buffer and buffer[0][0] < watermark:
+            event = heapq.heappop(buffer)[3]
+            self._fire_due(user_id, event.ts)
+            self._process(event)
+        self._fire_due(user_id, watermark)
+        seen = clock.seen
+        if seen:
+            cutoff = watermark - self.config.dedup_window_ms
+            while seen:
+                first = next(iter(seen))
+                if seen[first] >= cutoff:
+                    break
+                del seen[first]
+        if not buffer:
+            state = self.users.get(user_id)
+            if state is None or state.logins is None or state.logins.deadline is None:
+                self._pending.discard(user_id)
 
-    def _reach(self, ts: int) -> None:
-        """Event time reaches `ts`: timers due before it fire, and the sweep runs when due."""
-        if self._timers and self._timers[0][0] < ts:
-            self._fire_timers(ts)
-        if ts - self._last_sweep >= SWEEP_INTERVAL_MS:
-            self._sweep(ts)
+    def _fire_due(self, user_id: str, before_ts: int) -> None:
+        """Fire the user's login deadline if it is before `before_ts` (in that user's time)."""
+        state = self.users.get(user_id)
+        while state is not None and state.logins is not None:
+            deadline = state.logins.deadline
+            if deadline is None or deadline >= before_ts:
+                return
+            self.changed_users.add(user_id)
+            signal = self.logins.advance(state.logins, deadline + 1, self._source_verdict)
+            if signal is not None:
+                self._signal(state, user_id, signal)
+            elif state.logins.deadline is not None and state.logins.deadline != deadline:
+                heapq.heappush(self._due, (state.logins.deadline, user_id))
+            # else postponed while its source is undecided: loop, the new deadline may be due
 
     def _process(self, event: AnyEvent) -> None:
         ts = event.ts
-        self._reach(ts)
         user_id = event.user_id
+        self.changed_users.add(user_id)
         state = self.users.get(user_id)
         if state is None:
             state = self.users[user_id] = UserState(ts)
@@ -232,7 +605,15 @@ class DetectionEngine:
                 state.clicks = RageClickState()
             signal = self.rage.learn_one(state.clicks, event)
         elif event.type == "login":
-            self._login(state, event)
+            if state.logins is None:
+                state.logins = FailedLoginState()
+            before = state.logins.deadline
+            self.logins.learn_one(state.logins, event)
+            deadline = state.logins.deadline
+            if deadline is not None:
+                self._pending.add(user_id)
+                if deadline != before:
+                    heapq.heappush(self._due, (deadline, user_id))
         else:
             if state.chats is None:
                 state.chats = AbruptChatState()
@@ -240,67 +621,88 @@ class DetectionEngine:
         if signal is not None:
             self._signal(state, user_id, signal)
 
-    def _observe_source(self, event: AnyEvent) -> None:
-        """A source-only copy: timers and the sweep see its time, the per-IP state its failure."""
-        self._reach(event.ts)
-        self.stats.source_copies += 1
-        self._learn_source(event)
-
-    def _source(self, event: AnyEvent) -> SourceState | None:
-        """The per-IP state a failed login with an IP counts in (None for any other event)."""
+    def _learn_source(self, event: AnyEvent, *, copy: bool) -> None:
+        """A failed login with an IP, into the per-IP detectors on arrival, in the IP's own time:
+        in order when it is the IP's newest, else added out of order (`learn_late`), which gives
+        the state and alert in-order processing would have given. The platform-wide surge takes
+        it in its place too (arrival order across clients differs from event time)."""
         if event.type != "login" or event.outcome != "failure" or event.ip is None:
-            return None
-        source = self.sources.get(event.ip)
-        if source is None:
-            source = self.sources[event.ip] = SourceState()
-        return source
-
-    def _brute_source(self, ip: str) -> BruteForceState:
-        source = self.brute_sources.get(ip)
-        if source is None:
-            source = self.brute_sources[ip] = BruteForceState()
-        return source
-
-    def _learn_source(self, event: AnyEvent) -> None:
-        """A failed login with an IP feeds every per-IP detector; alerts go to the outbox."""
-        source = self._source(event)
-        if source is None:
             return
-        assert event.type == "login" and event.ip is not None
-        self._raise(self.stuffing.learn_one(source, event))
-        brute = self.brute.learn_one(self._brute_source(event.ip), event)
-        if not self.stuffing.is_attack(source, event.ts):  # one alert per attack: stuffing says it
-            self._raise(brute)
-        self._raise(self.distributed.learn_one(self.surge, event))
-
-    def _learn_source_late(self, event: AnyEvent) -> None:
-        """A copy behind the partition's event time: the per-IP detectors take it out of order;
-        the platform-wide surge is judged in order only (it does not see late copies)."""
-        source = self._source(event)
+        ip, ts = event.ip, event.ts
+        source = self.sources.get(ip)
         if source is None:
+            source = self.sources[ip] = SourceState()
+        brute_source = self.brute_sources.get(ip)
+        if brute_source is None:
+            brute_source = self.brute_sources[ip] = BruteForceState()
+        if not source.failures or ts >= source.last_ts:
+            self._hold(self.stuffing.learn_one(source, event))
+        else:
+            if copy and ts < source.last_ts - self.config.allowed_lateness_ms:
+                self.stats.source_copies_late += 1
+            self._hold(self.stuffing.learn_late(source, event))
+        held = self._held_alerts.get((ip, "brute_force"))
+        if not brute_source.failures or ts >= brute_source.last_ts:
+            brute = self.brute.learn_one(brute_source, event)
+        else:
+            first_before = brute_source.alert_first_ts
+            brute = self.brute.learn_late(brute_source, event)
+            if brute is None and held is not None and brute_source.alert_first_ts < first_before:
+                brute = self.brute.in_order_alert(brute_source, ip)  # the same attack, earlier
+        if brute is not None:
+            if held is not None and brute.first_ts > held[0].first_ts:
+                self._release_alert((ip, "brute_force"))  # a new attack: the held one is final
+            # One alert per attack: when the IP is a credential stuffer, stuffing says it.
+            explained = self.stuffing.is_attack(source, brute.ts)
+            self._held_alerts[(ip, "brute_force")] = (brute, explained)
+        self._release_alerts(brute_source.last_ts, ip)
+        surge = self.surge
+        if surge.window and ts < surge.window[-1][0]:
+            self._raise(self.distributed.learn_late(surge, event))
+        else:
+            self._raise(self.distributed.learn_one(surge, event))
+
+    def _hold(self, out: SecurityAlert | Revision | None) -> None:
+        """A credential-stuffing or account-scan alert waits `source_alert_hold_ms` of its IP's
+        time; a `Revision` replaces the held alert of its attack (one already released stays
+        as it was: counted, not sent twice)."""
+        if out is None:
             return
-        assert event.type == "login" and event.ip is not None
-        self._raise(self.stuffing.learn_late(source, event))
-        brute = self.brute.learn_late(self._brute_source(event.ip), event)
-        if brute is None or not self.stuffing.is_attack(source, brute.ts):
-            self._raise(brute)
+        if isinstance(out, Revision):
+            key = (out.alert.ip, out.alert.kind)
+            if key in self._held_alerts:
+                self._held_alerts[key] = (out.alert, False)
+            else:
+                self.stats.alerts_revised_too_late += 1
+            return
+        key = (out.ip, out.kind)
+        if key in self._held_alerts:
+            self._release_alert(key)  # a new attack: the held one is final
+        self._held_alerts[key] = (out, False)
+
+    def _release_alert(self, key: tuple[str, str]) -> None:
+        alert, explained = self._held_alerts.pop(key)
+        if not explained:
+            self._raise(alert)
+
+    def _release_alerts(self, now_ms: int | None, ip: str | None = None) -> None:
+        """Raise the held alerts whose IP's time (`ip`'s, or the shared clock for all) is their
+        hold past them; every one when `now_ms` is None."""
+        held = self._held_alerts
+        if not held:
+            return
+        c = self.config
+        for key in sorted(k for k in held if ip is None or k[0] == ip):
+            alert = held[key][0]
+            hold = c.brute_force_window_ms if key[1] == "brute_force" else c.source_alert_hold_ms
+            if now_ms is None or now_ms - alert.ts >= hold:
+                self._release_alert(key)
 
     def _raise(self, alert: SecurityAlert | None) -> None:
         if alert is None or (self._alerts_for is not None and not self._alerts_for(alert.ip)):
             return
         self.stats.alerts += 1
         self.outbox.append(alert)
-
-    def _login(self, state: UserState, event: AnyEvent) -> None:
-        assert event.type == "login"
-        self._learn_source(event)
-        if state.logins is None:
-            state.logins = FailedLoginState()
-        before = state.logins.deadline
-        self.logins.learn_one(state.logins, event)
-        deadline = state.logins.deadline
-        if deadline is not None and deadline != before:
-            heapq.heappush(self._timers, (deadline, event.user_id))
 
     def _source_verdict(self, ip: str, ts: int, now_ms: int) -> SourceVerdict:
         """The IP's failure at `ts`, as known at `now_ms`: an attack if any per-IP detector says
@@ -321,19 +723,6 @@ class DetectionEngine:
                 return SourceVerdict(True, ts)
         return SourceVerdict(False, max((v.decided_at for v in verdicts), default=ts))
 
-    def _fire_timers(self, before_ts: int | None) -> None:
-        timers = self._timers
-        while timers and (before_ts is None or timers[0][0] < before_ts):
-            deadline, user_id = heapq.heappop(timers)
-            state = self.users.get(user_id)
-            if state is None or state.logins is None or state.logins.deadline != deadline:
-                continue  # the deadline moved or was cleared since
-            signal = self.logins.advance(state.logins, deadline + 1, self._source_verdict)
-            if signal is not None:
-                self._signal(state, user_id, signal)
-            elif state.logins.deadline is not None:  # postponed while its source is undecided
-                heapq.heappush(timers, (state.logins.deadline, user_id))
-
     def _signal(self, state: UserState, user_id: str, signal: Signal) -> None:
         self.stats.signals[signal.kind] += 1
         self.outbox.append(signal)
@@ -348,17 +737,14 @@ class DetectionEngine:
             self.outbox.append(flag)
 
     # -- memory -----------------------------------------------------------------------------------
-    def _forget_event_ids(self, cutoff: int) -> None:
-        order = self._seen_order
-        while order and order[0][0] < cutoff:
-            self._seen.discard(order.popleft()[1])
-
     def _sweep(self, now: int) -> None:
-        """Forget users idle past the TTL (keeping open flags until their cooldown ends)."""
+        """Forget users idle past the TTL in the shared clock (keeping open flags until their
+        cooldown ends), their clocks once nothing of theirs is pending, and idle IPs."""
         self._last_sweep = now
         c = self.config
         idle_before = now - c.user_idle_ttl_ms
         for user_id in [u for u, s in self.users.items() if s.last_ts < idle_before]:
+            self.changed_users.add(user_id)
             state = self.users[user_id]
             score = state.score
             if score is not None and score.has_open_flag(now, c.flag_cooldown_ms):
@@ -366,6 +752,31 @@ class DetectionEngine:
                 score.signals = []
             else:
                 del self.users[user_id]
+        # Event ids are forgotten in the client's own time (`_advance_user`); a quiet client's
+        # time is moved here so that its ids go too (a client whose clock runs more than the
+        # dedup window behind sees its own events late: only its own flags can suffer).
+        # So a client's time never lags the shared clock by more than the dedup window: its ids
+        # are forgotten then, and a retry that old must be late (reported), not counted twice.
+        ids_before = now - c.dedup_window_ms
+        gone = []
+        for user_id, clock in list(self.clocks.items()):
+            seen = clock.seen
+            forgotten = None
+            while seen:
+                first = next(iter(seen))
+                if seen[first] >= ids_before:
+                    break
+                ts = seen.pop(first)
+                self.changed_users.add(user_id)
+                forgotten = ts if forgotten is None else max(forgotten, ts)
+            if forgotten is not None:
+                self._advance_user(user_id, clock, forgotten + 1)
+            if not clock.seen and not clock.buffer and user_id not in self.users:
+                gone.append(user_id)
+        for user_id in gone:
+            self._pending.discard(user_id)
+            self.changed_users.add(user_id)
+            del self.clocks[user_id]
         for ip in [ip for ip, s in self.sources.items() if self.stuffing.is_idle(s, now)]:
             del self.sources[ip]
         for ip in [ip for ip, b in self.brute_sources.items() if self.brute.is_idle(b, now)]:
@@ -373,18 +784,23 @@ class DetectionEngine:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """All state (users, IPs, buffered events, timers, remembered event ids) as bytes."""
+        """All state (users, clocks with their buffers and event ids, IPs, the surge) as bytes."""
         parts = (
             self.users,
+            self.clocks,
             self.sources,
             self.brute_sources,
             self.surge,
-            self._buffer,
+            self._held_alerts,
             self._seq,
-            self._timers,
-            self._seen_order,
-            self._max_ts,
+            self._pending,
+            self._recent,
+            self._shared,
+            self._quiet,
+            self._pushes,
             self._last_sweep,
+            self._last_arrival_ms,
+            self._due,
         )
         return dump_state(STATE_VERSION, parts)
 
@@ -392,17 +808,27 @@ class DetectionEngine:
         """Load a `snapshot` taken by the same STATE_VERSION (refuses any other)."""
         (
             self.users,
+            self.clocks,
             self.sources,
             self.brute_sources,
             self.surge,
-            self._buffer,
+            self._held_alerts,
             self._seq,
-            self._timers,
-            self._seen_order,
-            self._max_ts,
+            self._pending,
+            self._recent,
+            self._shared,
+            self._quiet,
+            self._pushes,
             self._last_sweep,
+            self._last_arrival_ms,
+            self._due,
         ) = load_state(blob, STATE_VERSION, "engine state")
-        self._seen = {event_id for _, event_id in self._seen_order}
+        self.changed_users = set()
+
+    def take_changed_users(self) -> set[str]:
+        """The users whose state or clock changed since the last call (or the restore)."""
+        changed, self.changed_users = self.changed_users, set()
+        return changed
 
     def drain(self) -> list[Output]:
         """Take everything in the outbox."""

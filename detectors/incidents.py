@@ -91,19 +91,10 @@ def flag_cause(flag: Flag) -> str:
 
 
 def flag_watermark(engine: DetectionEngine) -> int | None:
-    """Event time below which `engine` will emit no more flags: what to pass to
-    `IncidentTracker.advance_watermark` after draining it.
-
-    That is the engine's watermark, or the earliest pending failed-login deadline when sooner: a
-    deadline fires only when a later event is processed (or the watermark is advanced), and its
-    flag carries the deadline as its time. (Reads the engine's timer heap; a public property on
-    the engine would be the better home.)
-    """
-    watermark = engine.watermark_ms
-    timers = engine._timers
-    if watermark is not None and timers:
-        return min(watermark, timers[0][0])
-    return watermark
+    """Event time below which `engine` will (all but) emit no more flags: what to pass to
+    `IncidentTracker.advance_watermark` after draining it (the engine's `flag_watermark_ms`, in
+    the shared clock that no single client can drag)."""
+    return engine.flag_watermark_ms
 
 
 def incident_id(cause: str, opened_ts: int) -> str:

@@ -101,6 +101,32 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(
         30.0, gt=0, description="Seconds between detector-state checkpoints."
     )
+    checkpoint_every_events: int = Field(
+        100_000,
+        gt=0,
+        description="Also checkpoint after this many accepted events (the journal behind a "
+        "checkpoint is truncated, so this bounds the journal and the replay at start).",
+    )
+    journal: bool = Field(
+        True,
+        description="Append every accepted batch to the ingest journal before answering 202, and "
+        "replay it after the checkpoint at start (off: a crash loses what came after the last "
+        "checkpoint).",
+    )
+    journal_path: Path | None = Field(
+        None,
+        description="Ingest journal (SQLite, WAL); default: the checkpoint path + `.journal`.",
+    )
+    journal_sync: Literal["full", "normal"] = Field(
+        "full",
+        description="`full`: fsync the journal at every accepted POST (survives a power cut); "
+        "`normal`: survives a crash of the process, not of the machine.",
+    )
+    max_items_listed: int = Field(
+        20,
+        ge=0,
+        description="Rejected items listed in an ingest response (the rest are counted by reason).",
+    )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest accepted POST body.")
     max_clock_skew_s: float = Field(
         600.0,
@@ -142,11 +168,20 @@ class Settings(BaseSettings):
         description="The platform's own suggested-message templates (TOML, same keys as "
         "streams/queue/messages.toml). None: the built-in file.",
     )
+    release_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="How often `serve` moves quiet clients' event time on with the wall clock "
+        "(releasing their buffered events a lateness after arrival, firing due login deadlines).",
+    )
     idle_advance_s: float = Field(
         2.0,
         gt=0,
-        description="When no event arrives for this many seconds, event time is advanced to the "
-        "newest event seen, so buffered events and pending timers do not wait for more traffic.",
+        description="When no event at all arrives for this many seconds (a worker: on its "
+        "partition, with nothing unread), back-fill clients (dated more than 10 min from the wall "
+        "clock) have everything they sent processed and their deadlines fired, as a replay's end "
+        "of input; in the Kafka queue sink, when no flag arrives for this long, the incident "
+        "tracker's event time moves on.",
     )
 
     # -- Kafka runner (`frustration worker`) ------------------------------------------------------
@@ -246,6 +281,22 @@ class Settings(BaseSettings):
         gt=0,
         description="Delivered webhook messages are kept this long (for `webhooks replay`).",
     )
+
+    @model_validator(mode="after")
+    def _check_skew(self) -> Settings:
+        if self.worker_partition_skew_ms >= self.detection.source_alert_hold_ms:
+            # A copy that far behind could show an earlier crossing after its alert was raised.
+            raise ValueError(
+                "worker_partition_skew_ms must be below detection.source_alert_hold_ms"
+            )
+        return self
+
+    @property
+    def journal_file(self) -> Path:
+        """Where the ingest journal is (beside the checkpoint unless set)."""
+        if self.journal_path is not None:
+            return self.journal_path
+        return self.checkpoint_path.with_name(self.checkpoint_path.name + ".journal")
 
     @property
     def by_user_topic(self) -> str:

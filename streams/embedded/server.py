@@ -21,10 +21,11 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
 
-from streams.embedded.ingest import DecodedBatch, decode_body
-from streams.embedded.runner import EmbeddedRunner
+from streams.embedded.ingest import DecodedBatch, decode_body_async
+from streams.embedded.runner import EmbeddedRunner, IngestCounts
 from streams.metrics import FrustrationMetrics
 from streams.queue.api import (
     SETTINGS,
@@ -40,6 +41,11 @@ from streams.settings import Settings
 from streams.sources.routes import add_source_routes
 
 log = logging.getLogger(__name__)
+
+
+def json_dumps(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data)
+
 
 RUNNER: web.AppKey[EmbeddedRunner] = web.AppKey("runner", EmbeddedRunner)
 
@@ -90,20 +96,38 @@ async def post_events(request: web.Request) -> web.Response:
             return answer(413, {"error": f"body larger than {settings.max_body_bytes} bytes"})
     received_at = time.time()
     not_after_ms = int((received_at + settings.max_clock_skew_s) * 1000)
-    batch = decode_body(bytes(body), settings.max_event_bytes, not_after_ms)
-    accept_events(runner, batch, received_at)
-    result = {"accepted": len(batch.events), "rejected": batch.rejected}
+    raw_body = bytes(body)
+    del body
+    batch = await decode_body_async(
+        raw_body, settings.max_event_bytes, not_after_ms, settings.max_items_listed
+    )
+    # Journaled (durably) before the answer: a 202 is a promise that survives a crash.
+    counts = accept_events(runner, batch, received_at)
+    result: dict[str, Any] = {
+        "accepted": len(batch.events) - counts.late,
+        "rejected": batch.rejected,
+    }
+    if counts.late:
+        result["late"] = counts.late  # valid, but older than the client's own allowance
+    if batch.rejected_count > len(batch.rejected):
+        result["rejected_total"] = batch.rejected_count
+        result["rejected_by_reason"] = dict(batch.rejected_by_reason)
     if not batch.events:
         result["error"] = "no valid event in the body"
-        return answer(400, result)
-    return answer(202, result)
+    # Never more bytes than the request (beyond a small floor): shorten the list if need be.
+    limit = max(len(raw_body), 1024)
+    while batch.rejected and len(json_dumps(result)) > limit:
+        batch.rejected.pop()
+        result["rejected_total"] = batch.rejected_count
+        result["rejected_by_reason"] = dict(batch.rejected_by_reason)
+    return answer(400 if not batch.events else 202, result)
 
 
-def accept_events(runner: EmbeddedRunner, batch: DecodedBatch, received_at: float) -> None:
+def accept_events(runner: EmbeddedRunner, batch: DecodedBatch, received_at: float) -> IngestCounts:
     """One request's validated events and dead letters into the runner: every ingest route
-    (ours, Segment's, PostHog's) hands over here."""
-    runner.feed.record_invalid(batch.dead_letters)
-    runner.ingest(batch.events, received_at)
+    (ours, Segment's, PostHog's) hands over here. The events are journaled before this returns."""
+    runner.feed.record_invalid(batch.dead_letters, batch.rejected_by_reason or None)
+    return runner.ingest(batch.events, received_at, batch.raw)
 
 
 async def options_events(request: web.Request) -> web.Response:
@@ -125,10 +149,16 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     runner = app[RUNNER]
 
     async def loop() -> None:
+        interval = runner.settings.release_interval_s
+        last_tick = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(interval)
             try:
-                runner.tick()
+                if time.monotonic() - last_tick >= 1.0:
+                    last_tick = time.monotonic()
+                    runner.tick()  # advance, checkpoint when due, gauges
+                else:
+                    runner.advance()  # quiet clients' time moves on: flags within a second
             except Exception:  # keep the service up; the error is logged and counted by /readyz
                 log.exception("housekeeping failed")
 
@@ -138,7 +168,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     # Everything accepted was pushed into the engine synchronously; keep it for the next start.
-    runner.checkpoint()
+    runner.close()
     runner.store.close()
 
 

@@ -110,6 +110,7 @@ class Part:
     dirty: bool = False
     idle: bool = False  # quiet, nothing left to read: holds no other partition back
     last_mark: tuple[float, float] = (0.0, -INF)  # (when, value) of the last progress mark sent
+    revisions_counted: int = 0  # engine.stats.alerts_revised_too_late already in the metrics
 
     def progress(self, caught_up: bool) -> float:
         """No copy from this partition will come with an older event time (out-of-order input
@@ -308,7 +309,7 @@ class BatchDetectStage:
             self.settings.detection,
             alerts_for=lambda ip: partition_for(ip.encode(), self.n) == partition,
         )
-        return Part(partition, engine, UserChangelog(self.settings.detection.user_idle_ttl_ms))
+        return Part(partition, engine, UserChangelog())
 
     async def _load(self, partitions: list[int]) -> list[Part]:
         """Read each partition of the changelog to its end; the newest record per key wins."""
@@ -503,9 +504,12 @@ class BatchDetectStage:
                 part.newest_event_ts = event.ts
             if part.max_pushed_ts is None or event.ts > part.max_pushed_ts:
                 part.max_pushed_ts = event.ts
-            part.changelog.touch(event.user_id, event.ts)
         engine.push(event, source_only=copy)
         part.dirty = True
+        revised = engine.stats.alerts_revised_too_late - part.revisions_counted
+        if revised:
+            self.metrics.security_alert_revisions_late.inc(revised)
+            part.revisions_counted += revised
         if engine.outbox:
             await self._emit(part, engine.drain(), sent_at)
 
@@ -516,7 +520,6 @@ class BatchDetectStage:
         s = self.settings
         for out in outputs:
             if isinstance(out, Flag):
-                part.changelog.touched.add(out.user_id)
                 await producer.send(
                     s.flags_topic,
                     key=out.user_id.encode(),

@@ -46,7 +46,6 @@ from detectors.state import dump_state, load_state
 from signals.exceptions import InvalidEvent
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import dead_letter_record, parse_event
-from streams.event_time import idle_advance_target
 from streams.kafka.batch import BatchDetectStage
 from streams.kafka.io import bootstrap_servers, ensure_topics, partition_for
 from streams.kafka.partition_watch import PartitionWatch
@@ -276,7 +275,7 @@ class KafkaRunner:
                 self.metrics.event_lag_seconds.observe(max(0.0, time.time() - parsed.ts / 1000))
                 if part.newest_event_ts is None or parsed.ts > part.newest_event_ts:
                     part.newest_event_ts = parsed.ts
-            part.engine.push(parsed, source_only=copy)
+            part.engine.push(parsed, source_only=copy, arrived_ms=int(time.time() * 1000))
             part.done_offset = message.offset
             part.held.append(event)
             part.dirty = True
@@ -301,6 +300,8 @@ class KafkaRunner:
                 base64.b64decode(text), CHECKPOINT_FORMAT, "the detector-state table"
             )
             engine.restore(snapshot)
+            # The time no worker had the partition is not time its clients were quiet.
+            engine.rebase_arrivals(int(time.time() * 1000))
             part.done_offset = part.written_offset = offset
             watermark = engine.watermark_ms
             if watermark is not None:
@@ -376,7 +377,6 @@ class KafkaRunner:
         write due state, refresh gauges."""
         now = time.time()
         s = self.settings
-        lateness = s.detection.allowed_lateness_ms
         consumer = self.app.consumer
         # Quiet means nothing left to read, not just nothing read lately: a worker behind live
         # traffic must not move event time to the wall clock and make its own backlog late.
@@ -395,16 +395,19 @@ class KafkaRunner:
             end = self._end_offset(TP(self.by_user_topic_name, partition))
             behind = max(0, end - part.done_offset - 1)
             lag += behind
-            quiet = now - part.last_event_wall >= s.idle_advance_s
             # This worker's own sends there that the broker has not acknowledged are unread too.
             unread = behind or self.sends_in_flight.get(partition, 0)
-            if part.newest_event_ts is not None and quiet and not unread and not routing_behind:
-                target = idle_advance_target(part.newest_event_ts, now, lateness)
-                watermark = part.engine.watermark_ms
-                if watermark is None or target - lateness > watermark:
-                    part.engine.advance_watermark(target)
+            if part.newest_event_ts is not None and not unread and not routing_behind:
+                # Each client's time moves on with the wall clock from its own newest event (per-
+                # user time): a quiet client's buffer and login deadline need no other traffic.
+                # Not while records are unread (issue 15): they would come late. Back-fill
+                # clients (dated far from now) move only once the partition has had no event for
+                # idle_advance_s: then, as a replay's end, all they sent is processed.
+                part.engine.advance_wall(int(now * 1000), int(s.idle_advance_s * 1000))
+                outputs = part.engine.drain()
+                if outputs:
                     part.dirty = True
-                    await self._emit(part.engine.drain())
+                    await self._emit(outputs)
             if (part.dirty or part.held) and now - part.last_write_wall >= (
                 s.worker_checkpoint_interval_s
             ):

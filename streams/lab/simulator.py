@@ -16,8 +16,11 @@ real sshd logs; their victims are labelled look-alikes (`brute_force_victim`, `b
 
 Timing is drawn from distributions, not fixed at the thresholds: some episodes have a pause that
 breaks the burst, or failures spread out too far, so they are honestly hard to catch. Arrival order
-is event time plus a random network delay (so input is out of order by up to a few seconds), and a
-few events are delivered twice with the same event_id.
+is event time plus a random network delay (so input is out of order across clients by up to a few
+seconds), but one client's events travel as the browser collector sends them, in order on one
+connection: a client's event overtakes only its events less than `CLIENT_REORDER_MS` older
+(two batches in flight). A few events are delivered twice with the same
+event_id.
 
 The ground truth has one record per user: whether they were frustrated, and each episode's kind,
 `start_ts` (its first event) and `evident_ts` (when an observer could tell: the first hammering
@@ -79,6 +82,10 @@ _STEPPERS: list[tuple[str, str, str, str, str | None, str | None]] = [
     ("/book", "#sessions-count", "", "input", "spinbutton", "number"),
 ]
 _TABS = [("/settings", f"#tab-{n}", n.title(), "button", "tab") for n in ("profile", "privacy")]
+
+#: One client's event may arrive before its earlier ones only if they are less than this older
+#: (two collector batches in flight); within the default per-client allowed lateness.
+CLIENT_REORDER_MS = 100
 
 
 @dataclass(slots=True)
@@ -270,8 +277,34 @@ class Simulator:
         self._botnet(truths)
         for n, outage in enumerate(self.outages):
             self._outage(truths, n, outage)
+        self._in_order_per_client()
         self._timed.sort(key=lambda item: (item[0], item[1]))
         return SimulatedStream([e for _, _, e in self._timed], truths)
+
+    def _in_order_per_client(self) -> None:
+        """A client's events queue behind its earlier ones (no random draw: the events and their
+        times stay exactly as drawn, only arrival moves)."""
+        by_client: dict[str, list[int]] = {}
+        for index, (_, _, event) in enumerate(self._timed):
+            by_client.setdefault(event["user_id"], []).append(index)
+        timed = self._timed
+        for indexes in by_client.values():
+            indexes.sort(key=lambda i: (timed[i][2]["ts"], timed[i][0]))
+            behind = 0  # events up to here are CLIENT_REORDER_MS or more older than the current
+            queue_end = None  # latest arrival among them: the current one queues behind it
+            for i in indexes:
+                ts = timed[i][2]["ts"]
+                while behind < len(indexes) and timed[indexes[behind]][2]["ts"] < (
+                    ts - CLIENT_REORDER_MS
+                ):
+                    arrival = timed[indexes[behind]][0]
+                    queue_end = arrival if queue_end is None else max(queue_end, arrival)
+                    behind += 1
+                arrival, n, event = timed[i]
+                if queue_end is not None and arrival <= queue_end:
+                    # Strictly after: at the same arrival the stream's order is by draw number,
+                    # which may put this newer event before the older one it queues behind.
+                    timed[i] = (queue_end + 1, n, event)
 
     # -- one user ---------------------------------------------------------------------------------
     def _user(self, u: _User) -> Truth:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from detectors.engine import DetectionEngine, LateEvent, Output
 from detectors.incidents import IncidentTracker, cause_signal
 from signals.flags import Flag, RageClickEvidence, SecurityAlert, Signal
 from signals.incidents import Incident
+from signals.wire import AnyEvent
 from streams.event_time import idle_advance_target
 from streams.metrics import FrustrationMetrics
 from streams.queue.store import QueueStore
@@ -29,6 +30,10 @@ from streams.replay import late_record
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Clients whose newest event's arrival is remembered (to time their flags).
+RECEIPTS_KEPT = 100_000
+RECEIPTS_PER_CLIENT = 8
 
 
 #: Most entries each /ops buffer holds: memory stays bounded whatever the traffic (at the cap the
@@ -101,22 +106,42 @@ class QueueFeed:
             WebhookDelivery(settings, self.outbox, metrics) if settings.webhooks else None
         )
         self.activity = RecentActivity()
-        # (newest event ts of a batch, wall time it arrived): to time flags from their trigger.
-        self._receipts: deque[tuple[int, float]] = deque(maxlen=10_000)
+        # Per client, its last batches: (newest event ts, wall time it arrived), to time flags.
+        self._receipts: OrderedDict[str, deque[tuple[int, float]]] = OrderedDict()
         # The queue sink's incident stage (track_incidents): newest flag time, when it came.
         self.newest_flag_ts: int | None = None
         self.last_flag_wall = time.time()
 
     # -- input ------------------------------------------------------------------------------------
-    def note_batch(self, newest_ts: int, events: int, at: float) -> None:
+    def note_batch(self, events: Sequence[AnyEvent], at: float) -> None:
         """A batch of `events` reached the engine at wall time `at` (for flag latency and /ops)."""
-        self._receipts.append((newest_ts, at))
-        self.activity.events.append((at, events))
+        receipts = self._receipts
+        for event in events:
+            mine = receipts.get(event.user_id)
+            if mine is None:
+                mine = receipts[event.user_id] = deque(maxlen=RECEIPTS_PER_CLIENT)
+            else:
+                receipts.move_to_end(event.user_id)
+            if not mine or mine[-1][0] < event.ts:
+                if mine and mine[-1][1] == at:
+                    mine[-1] = (event.ts, at)  # same batch: its newest event
+                else:
+                    mine.append((event.ts, at))
+        while len(receipts) > RECEIPTS_KEPT:
+            receipts.popitem(last=False)
+        self.activity.events.append((at, len(events)))
 
-    def record_invalid(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self.metrics.event_invalid(record["reason"])
-        self.store.add_dead_letters(records)
+    def record_invalid(
+        self, records: list[dict[str, Any]], counts: Counter[str] | None = None
+    ) -> None:
+        """Dead-letter `records`; count `counts` by reason (default: one per record). The
+        embedded ingest passes the first few records of a body and the counts of all of it."""
+        if counts is None:
+            counts = Counter(record["reason"] for record in records)
+        for reason, n in counts.items():
+            self.metrics.event_invalid(reason, n)
+        if records:
+            self.store.add_dead_letters(records)
 
     def route_engine(self, outputs: Sequence[Output], flag_watermark_ms: int | None) -> None:
         """An engine's outputs: flags through the incident tracker, the rest straight on; the
@@ -222,11 +247,18 @@ class QueueFeed:
             )
 
     def _receipt(self, flag: Flag) -> float:
-        """Wall time the flag's triggering event arrived (the first batch reaching its time)."""
-        for newest, at in self._receipts:
+        """Wall time the event that completed the flag arrived: the client's newest event when it
+        is the flag's own time. A flag whose rule waits by definition (a login confirmation, a
+        chat's wait: its time is the end of the wait, after the client's last event) is timed
+        from the end of its wait, in the client's clock mapped to the wall clock."""
+        mine = self._receipts.get(flag.user_id)
+        if not mine:
+            return time.time()
+        for newest, at in mine:
             if newest >= flag.ts:
-                return at
-        return time.time()
+                return at  # the first batch of this client to reach the flag's time
+        newest, at = mine[-1]
+        return at + (flag.ts - newest) / 1000
 
     # -- gauges -----------------------------------------------------------------------------------
     def refresh_gauges(self, now: float | None = None) -> None:
@@ -237,8 +269,6 @@ class QueueFeed:
         self.metrics.set_queue(counts.by_status, counts.oldest_open_age_s)
         self.metrics.set_incidents_open(counts.open_incidents)
         self.metrics.set_webhook_outbox(*self.outbox.depth(now))
-        while self._receipts and len(self._receipts) > 10_000:
-            self._receipts.popleft()
         self.activity.prune(now)
         shares = self.store.false_flag_shares(now)
         for kind, windows in shares.items():

@@ -55,6 +55,7 @@ class Converted:
             rejected["index"] = index
             record["source"] = f"{label} {index}"
         for index, raw, error in self.invalid:
+            batch.rejected_by_reason[error.reason] += 1
             batch.rejected.append({"index": index, "reason": error.reason, "detail": error.detail})
             batch.dead_letters.append(dead_letter_record(raw, error, f"{label} {index}"))
         return batch

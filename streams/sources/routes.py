@@ -29,6 +29,7 @@ from aiohttp import web
 
 from signals.wire import dead_letter_record
 from streams.embedded.ingest import DecodedBatch
+from streams.embedded.runner import IngestCounts
 from streams.metrics import FrustrationMetrics
 from streams.queue.api import json_response, secret_ok
 from streams.settings import Settings
@@ -37,7 +38,7 @@ from streams.sources.common import BadBody, Converted, inflate, load_json
 from streams.sources.mapping import SourceMapping, load_mapping
 
 #: Hands one request's validated events and dead letters over (wall time of receipt).
-Accept = Callable[[DecodedBatch, float], None]
+Accept = Callable[[DecodedBatch, float], IngestCounts]
 
 SEGMENT_PREFIX = "/segment"
 POSTHOG_PREFIX = "/posthog"
@@ -123,17 +124,20 @@ class SourceRoutes:
     def _hand_over(self, converted: Converted, received_at: float) -> dict[str, Any]:
         not_after_ms = int((received_at + self.settings.max_clock_skew_s) * 1000)
         batch = converted.to_batch(self.settings.max_event_bytes, not_after_ms)
-        self.accept(batch, received_at)
+        counts = self.accept(batch, received_at)
         source = converted.source
         self.metrics.source_events_seen(source, "mapped", len(batch.events))
         self.metrics.source_events_seen(source, "invalid", len(batch.rejected))
         self.metrics.source_events_seen(source, "unmapped", converted.unmapped)
         self.metrics.source_events_seen(source, "corroborating", converted.corroborating)
-        return {
-            "accepted": len(batch.events),
+        answer: dict[str, Any] = {
+            "accepted": len(batch.events) - counts.late,
             "rejected": batch.rejected,
             "unmapped": converted.unmapped,
         }
+        if counts.late:
+            answer["late"] = counts.late  # valid, but older than the client's own allowance
+        return answer
 
     # -- Segment ----------------------------------------------------------------------------------
     async def segment(self, request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from streams.lab.simulator import Outage
 from streams.replay import replay_all
 from tests.integration.service_fixture import Service, ServiceFactory
 from tests.integration.test_service import (
-    clock_event,
+    clock_events,
     final_state,
     lines,
     now_ms,
@@ -66,8 +66,8 @@ def test_outage_in_the_service_matches_the_replay(service_factory: ServiceFactor
     events = simulated_events(400, seed=8, outages=[Outage.parse("login:service_unavailable")])
     outage_users = {e["user_id"] for e in events if "-out0-" in e["user_id"]}
     assert len(outage_users) == 600
-    clock = clock_event(events)
-    expected = replay_all(lines([*events, clock]))
+    clocks = clock_events(events)
+    expected = replay_all(lines([*events, *clocks]))
     assert expected.summary.late == 0
     last = last_emissions(expected.flags)
     individual = final_state(f for f in last.values() if f["incident_id"] is None)
@@ -81,7 +81,7 @@ def test_outage_in_the_service_matches_the_replay(service_factory: ServiceFactor
     service = service_factory()
     for i in range(0, len(events), 250):
         service.post_events(events[i : i + 250])
-    service.post_events([clock])
+    service.post_events(clocks)
 
     def settled() -> bool:
         found = incidents(service)
@@ -205,8 +205,9 @@ def test_live_incident_queue_flow_and_restart(service_factory: ServiceFactory) -
     again = service_factory(db=service.db, checkpoint=service.checkpoint, env=LIVE_ENV)
     time.sleep(0.6)
     more = [f"live-{n:02d}" for n in range(30, 35)]
-    # Event time went on with the wall clock before the restart: these start now.
-    again.post_events(outage_failures(more, now_ms()))
+    # New clients have clocks of their own: like the first ones, their failures are posted once
+    # they happened (dated in the future, they would wait for the shared clock to reach them).
+    again.post_events(outage_failures(more, now_ms() - 8_000))
     again.wait_for(
         lambda: [i["clients_grouped"] for i in incidents(again)] == [35],
         timeout=15,

@@ -42,19 +42,29 @@ LOGIN_OUTAGE = "failed_logins:service_unavailable"
 ATTACKER_IP = b"198.51.100.23"  # the simulator's credential stuffer
 
 
-def clock_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One click per partition, 30 min after the newest event."""
+def clock_events(events: list[dict[str, Any]], per_partition: int = 40) -> list[dict[str, Any]]:
+    """Clicks of `per_partition` clients on every partition, 30 min after the newest event. A
+    partition's shared clock is the median of its 31 most recent clients (issue 12: one client
+    cannot move it), so it takes that many to move it on: every quiet client follows it, its
+    buffer and login confirmations come out and its remembered event ids are forgotten."""
     ts = max(e["ts"] for e in events) + 1_800_000
-    clocks: dict[int, dict[str, Any]] = {}
+    clocks: dict[int, list[dict[str, Any]]] = {p: [] for p in range(PARTITIONS)}
     i = 0
-    while len(clocks) < PARTITIONS:
+    while any(len(c) < per_partition for c in clocks.values()):
         user = f"clock-{i}"
-        clocks.setdefault(
-            partition_for(user.encode(), PARTITIONS),
-            {"type": "click", "user_id": user, "ts": ts, "target": "#tick", "event_id": user},
-        )
+        of_partition = clocks[partition_for(user.encode(), PARTITIONS)]
+        if len(of_partition) < per_partition:
+            of_partition.append(
+                {
+                    "type": "click",
+                    "user_id": user,
+                    "ts": ts + i,
+                    "target": "#tick",
+                    "event_id": user,
+                }
+            )
         i += 1
-    return list(clocks.values())
+    return sorted((e for c in clocks.values() for e in c), key=lambda e: e["ts"])
 
 
 def stream_lines(users: int, seed: int) -> list[bytes]:

@@ -36,6 +36,8 @@ EXPECTED_ALERTS = {
     "FrustrationIncidentOpen",
     "FrustrationIngestStopped",
     "FrustrationInvalidEventRatioHigh",
+    "FrustrationLateEventRatioHigh",
+    "FrustrationRejectedEventsByReason",
     "FrustrationProcessingBehind",
     "FrustrationPartitionStalled",
     "FrustrationQueueBacklog",
@@ -245,7 +247,7 @@ def test_slo_recording_rules() -> None:
         name = f"frustration:flag_latency_slo_errors:ratio_rate{window}"
         assert name in records, name
         expr = records[name]
-        assert f'frustration_flag_latency_seconds_bucket{{le="2.0"}}[{window}]' in expr
+        assert f'frustration_flag_latency_seconds_bucket{{le="1.0"}}[{window}]' in expr
         assert f"frustration_flag_latency_seconds_count[{window}]" in expr
     used = set()
     for rule in _alert_rules().values():
@@ -332,7 +334,7 @@ def test_dashboard_covers_the_ops_views() -> None:
         "histogram_quantile(0.99, sum by (le) (rate(frustration_event_lag_seconds_bucket",
         "frustration_processing_seconds_bucket",
         "histogram_quantile(0.99, sum by (le) (rate(frustration_flag_latency_seconds_bucket",
-        'frustration_flag_latency_seconds_bucket{le="2.0"}',
+        'frustration_flag_latency_seconds_bucket{le="1.0"}',
         "frustration_tracked_users",
         'ALERTS{alertstate="firing"',
     ):

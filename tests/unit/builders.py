@@ -23,6 +23,9 @@ HOUR = 3_600_000
 
 _ids = itertools.count(1)
 
+#: The default allowed lateness (per user): arrival jitter within it must change nothing.
+LATENESS_MS = DetectionConfig().allowed_lateness_ms
+
 
 def wire(type_: str, user: str = "u1", dt: int = 0, **fields: Any) -> dict[str, Any]:
     """One wire-format event as a dict (`ts` = T0 + dt, epoch ms); None values are left out."""
@@ -155,8 +158,11 @@ def by_ts(events: Iterable[AnyEvent]) -> list[AnyEvent]:
     return sorted(events, key=lambda e: e.ts)
 
 
-def jittered(events: Iterable[AnyEvent], seed: int, max_jitter_ms: int = 5_000) -> list[AnyEvent]:
-    """Arrival order: event time plus a random delay in [0, max_jitter_ms)."""
+def jittered(
+    events: Iterable[AnyEvent], seed: int, max_jitter_ms: int = LATENESS_MS
+) -> list[AnyEvent]:
+    """Arrival order: event time plus a random delay in [0, max_jitter_ms) (default: within the
+    allowed lateness)."""
     rng = random.Random(seed)
     keyed = [(e.ts + rng.randrange(max_jitter_ms), i, e) for i, e in enumerate(events)]
     return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]

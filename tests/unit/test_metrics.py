@@ -42,6 +42,7 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
         ("kind",),
         {"kind": ("credential_stuffing", "brute_force", "distributed_stuffing")},
     ),
+    "frustration_security_alert_revisions_late_total": ("counter", (), {}),
     "frustration_incidents_total": ("counter", ("kind",), {"kind": SIGNAL_KINDS}),
     "frustration_incidents_open": ("gauge", ("kind",), {"kind": SIGNAL_KINDS}),
     "frustration_incident_flags_total": ("counter", ("kind",), {"kind": SIGNAL_KINDS}),
@@ -249,6 +250,14 @@ def test_slo_bucket_is_exposed_as_le_2_0(metrics: FrustrationMetrics) -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'frustration_flag_latency_seconds_bucket{le="2.0"} 1.0' in text
     assert "frustration_flag_latency_seconds_count 2.0" in text
+
+
+def test_slo_bucket_is_exposed_as_le_1_0(metrics: FrustrationMetrics) -> None:
+    """The recording rules select le="1.0" (the 1 s SLO of issue 12): its exposed spelling."""
+    metrics.flag_latency_seconds.observe(0.5)
+    metrics.flag_latency_seconds.observe(1.5)
+    text = generate_latest(metrics.registry).decode()
+    assert 'frustration_flag_latency_seconds_bucket{le="1.0"} 1.0' in text
 
 
 def test_helpers_validate_label_values(metrics: FrustrationMetrics) -> None:

@@ -99,3 +99,37 @@ def test_a_late_copy_that_completes_a_scan_raises_the_alert_in_order_processing_
     assert late == in_order[0]
     assert detector.is_attack(state, events[0].ts)
     assert detector.learn_late(state, events[2]) is None  # a repeated copy alerts no more
+
+
+def test_a_failure_arriving_after_the_scan_was_alerted_gives_the_in_order_alert_not_another() -> (
+    None
+):
+    """The Kafka rebalance case: the scan's 4th name (another client, or a copy from a partition
+    running behind) arrives after the 5th and 6th. In order the alert is raised at the 5th name,
+    with the IP's first failure in that window; out of order the 6th completed the rule first.
+    The held alert is replaced by the in-order one: the same alert as a replay, only one."""
+    real = [login(0, "alice", ip=SCANNER), login(5 * SECOND, "alice", ip=SCANNER)]
+    # the 5th name is at 290 s: alice's failures are in its window
+    scan = names(90 * SECOND, 6, 50 * SECOND)
+    in_order = by_ts(real + scan)
+    arrived = [*real, *scan[:3], scan[4], scan[5], scan[3]]
+    expected = alerts_of(run_engine(in_order))
+    assert [(a.kind, a.ts, a.first_ts) for a in expected] == [
+        ("account_scan", scan[4].ts, real[0].ts)
+    ]
+    assert alerts_of(run_engine(arrived)) == expected
+
+
+def test_a_revision_that_comes_after_the_hold_is_counted_and_not_sent_twice() -> None:
+    from detectors.engine import DetectionEngine
+
+    real = [login(0, "alice", ip=SCANNER), login(5 * SECOND, "alice", ip=SCANNER)]
+    scan = names(90 * SECOND, 6, 50 * SECOND)
+    engine = DetectionEngine(DetectionConfig(source_alert_hold_ms=1_000))
+    for event in [*real, *scan[:3], scan[4], scan[5]]:
+        engine.push(event)
+    engine.push(login(342 * SECOND, "bob", ip=SCANNER))  # the IP's time passes the hold
+    engine.push(scan[3])
+    engine.flush()
+    assert len(alerts_of(engine.drain())) == 1
+    assert engine.stats.alerts_revised_too_late == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from detectors.brute_force import BruteForceDetector, BruteForceState
 from detectors.config import DetectionConfig
+from detectors.engine import DetectionEngine
 from signals.flags import SecurityAlert
 from tests.unit.builders import (
     MINUTE,
@@ -172,3 +173,15 @@ def test_a_person_on_another_ip_is_flagged_while_a_scanner_hammers_another_accou
     out = run_engine(by_ts(scanner + me))
     assert [f.user_id for f in flags_of(out)] == ["me"]
     assert [a.kind for a in alerts_of(out)] == ["brute_force"]
+
+
+def test_a_held_alert_is_raised_when_event_time_is_advanced_without_an_event() -> None:
+    # A Kafka worker whose partition went idle advances event time instead of flushing: the
+    # alert held for its IP's window must come out then, as at the end of a replay.
+    engine = DetectionEngine()
+    events = failures(0, 131, 2 * SECOND, user="root", ip=SCANNER)
+    for event in events:
+        engine.push(event)
+    assert alerts_of(engine.drain()) == []  # held a window of its IP's time
+    engine.advance_watermark(events[-1].ts + 10 * MINUTE)
+    assert [(a.kind, a.ip) for a in alerts_of(engine.drain())] == [("brute_force", SCANNER)]

@@ -8,12 +8,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detectors.config import DetectionConfig
 from detectors.engine import DetectionEngine, LateEvent
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
-from tests.unit.builders import MINUTE, SECOND, chat, click, login, with_id
+from tests.unit.builders import LATENESS_MS, MINUTE, SECOND, chat, click, login, with_id
 
-LATENESS = 5_000
+LATENESS = LATENESS_MS  # the default allowed lateness, per user
 USERS = ("alice", "bob", "carol", "dave", "erin")
 SHARED_IP = "100.64.9.9"  # several users behind one address: an undecided source
 
@@ -75,8 +76,10 @@ def streams(draw: st.DrawFn) -> list[AnyEvent]:
     return [with_id(e, f"h-{i}") for i, e in enumerate(events)]
 
 
-def run(events: list[AnyEvent]) -> tuple[list[Any], DetectionEngine]:
-    engine = DetectionEngine()
+def run(
+    events: list[AnyEvent], config: DetectionConfig | None = None
+) -> tuple[list[Any], DetectionEngine]:
+    engine = DetectionEngine(config)
     for e in events:
         engine.push(e)
     engine.flush()
@@ -152,21 +155,22 @@ def test_late_events_are_reported_never_silently_lost(
               enumerate(copies)]  # fmt: skip
     arrival = [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
-    # what should be late: older than the newest event time seen minus the lateness
+    # what should be late: older than the newest event time seen *from the same client* minus
+    # the lateness (issue 12: time per user; the replay's quiet-client rules are switched off here)
     seen: set[str | None] = set()
-    newest: int | None = None
+    newest: dict[str, int] = {}
     expected_late = expected_dups = 0
     for e in arrival:
         if e.event_id in seen:
             expected_dups += 1
             continue
         seen.add(e.event_id)
-        if newest is not None and e.ts < newest - LATENESS:
+        if e.user_id in newest and e.ts < newest[e.user_id] - LATENESS:
             expected_late += 1
             continue
-        newest = e.ts if newest is None else max(newest, e.ts)
+        newest[e.user_id] = max(newest.get(e.user_id, e.ts), e.ts)
 
-    out, engine = run(arrival)
+    out, engine = run(arrival, DetectionConfig(user_quiet_ms=10**12, follow_shared_clock=False))
     stats = engine.stats
     processed = sum(stats.events.values())
     assert processed + stats.late + stats.duplicates == len(arrival)

@@ -363,19 +363,21 @@ def test_watermark_moves_do_not_change_the_output() -> None:
         assert tracker.drain() == expected, every
 
 
-def test_flag_watermark_waits_for_pending_login_deadlines() -> None:
-    engine = DetectionEngine()
+def test_flag_watermark_follows_the_shared_clock_less_one_lateness() -> None:
+    # Per-user time (issue 12): a client's pending deadline no longer holds the tracker back (a
+    # client whose clock runs behind would hold everyone's flags); its flag, if it comes after the
+    # tracker moved on, is grouped at once.
+    engine = DetectionEngine(DetectionConfig(allowed_lateness_ms=5_000))
     for e in failures(0, 5, 10 * SECOND, "locked"):
         engine.push(e)
     for e in failures(40 * SECOND, 1, SECOND, "other", reason="bad_otp"):
         engine.push(e)
     assert engine.watermark_ms == T0 + 35 * SECOND
+    assert flag_watermark(engine) == T0 + 30 * SECOND
     deadline = T0 + 40 * SECOND + 60 * SECOND
-    engine.advance_watermark(deadline)  # the lock-out's confirmation is due at T0 + 100 s
-    assert flag_watermark(engine) == min(engine.watermark_ms or 0, deadline)
     engine.advance_watermark(deadline + 10 * SECOND)
     assert [o for o in engine.drain() if isinstance(o, Flag)]
-    assert flag_watermark(engine) == engine.watermark_ms
+    assert flag_watermark(engine) == (engine.watermark_ms or 0) - 5_000
 
 
 # -- memory and checkpoints ------------------------------------------------------------------------
