@@ -66,7 +66,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 5  # 5: held alerts of every per-IP rule, by (ip, kind)
+STATE_VERSION = 6  # 5: held alerts of every per-IP rule, by (ip, kind); 6: clocks' birth order
 
 #: How often (shared event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000
@@ -120,6 +120,7 @@ class UserClock:
     # event_key(event_id) -> ts, in arrival order: 8 bytes per id instead of the id itself (a
     # platform's ids are often 36-character UUIDs, and ten minutes of them are kept per client).
     seen: dict[int, int] = field(default_factory=dict)
+    born: int = 0  # creation order among the engine's clocks: the order the sweep visits them in
 
 
 def event_key(event_id: str) -> int:
@@ -221,6 +222,13 @@ class DetectionEngine:
         # Pending login deadlines (deadline, user_id), fired once the shared clock passes them;
         # entries may be stale (the deadline moved or was cleared since).
         self._due: list[tuple[int, str]] = []
+        self._born = 0  # clocks created so far (UserClock.born)
+        # What lets a sweep visit only the clocks it changes, not all of them (a million clients
+        # would block the service for a second each sweep): (event time of a clock's oldest
+        # remembered id, user_id), entries may be stale; and the clocks that may have nothing
+        # left to keep. Rebuilt from the clocks on restore (`reindex`), not part of the snapshot.
+        self._expiry: list[tuple[int, str]] = []
+        self._maybe_gone: set[str] = set()
         # Users whose state or clock changed since a runner last took them (`take_changed_users`):
         # what a runner that stores state per user has to write. Not part of the snapshot.
         self.changed_users: set[str] = set()
@@ -362,13 +370,13 @@ class DetectionEngine:
                 self.stats.source_copies_late += 1
             if event_id is not None:  # a repeated copy must not count twice in the IP's window
                 if clock is None:
-                    clock = self.clocks[user_id] = UserClock(ts, ts - lateness)
-                clock.seen[event_id] = ts
+                    clock = self._new_clock(user_id, ts)
+                self._remember(user_id, clock, event_id, ts)
             return
         if clock is None:
-            clock = self.clocks[user_id] = UserClock(ts, ts - lateness)
+            clock = self._new_clock(user_id, ts)
         if event_id is not None:
-            clock.seen[event_id] = ts
+            self._remember(user_id, clock, event_id, ts)
         if event.type == "login" and self._remembered(ts, clock.watermark):
             self._learn_source(event, copy=False)  # the IP counts even a failure late for its user
         if ts < clock.watermark:
@@ -404,6 +412,24 @@ class DetectionEngine:
             or pushes % SHARED_CLOCK_EVERY == 0
         ):
             self._update_shared()
+
+    def _new_clock(self, user_id: str, ts: int) -> UserClock:
+        self._born += 1
+        clock = UserClock(ts, ts - self.config.allowed_lateness_ms, born=self._born)
+        self.clocks[user_id] = clock
+        return clock
+
+    def _remember(self, user_id: str, clock: UserClock, key: int, ts: int) -> None:
+        if not clock.seen:
+            heapq.heappush(self._expiry, (ts, user_id))  # its oldest id (arrival order)
+        clock.seen[key] = ts
+
+    def _forgot_ids(self, user_id: str, clock: UserClock) -> None:
+        """Some of the client's oldest ids were forgotten: index the new oldest one, if any."""
+        if clock.seen:
+            heapq.heappush(self._expiry, (next(iter(clock.seen.values())), user_id))
+        else:
+            self._maybe_gone.add(user_id)
 
     def _remembered(self, ts: int, user_watermark: int | None) -> bool:
         """Whether an event at `ts` is recent enough that its event_id, had it come before, would
@@ -562,11 +588,15 @@ class DetectionEngine:
         seen = clock.seen
         if seen:
             cutoff = watermark - self.config.dedup_window_ms
+            forgot = False
             while seen:
                 first = next(iter(seen))
                 if seen[first] >= cutoff:
                     break
                 del seen[first]
+                forgot = True
+            if forgot:
+                self._forgot_ids(user_id, clock)
         if not buffer:
             state = self.users.get(user_id)
             if state is None or state.logins is None or state.logins.deadline is None:
@@ -752,14 +782,24 @@ class DetectionEngine:
                 score.signals = []
             else:
                 del self.users[user_id]
+                self._maybe_gone.add(user_id)
         # Event ids are forgotten in the client's own time (`_advance_user`); a quiet client's
         # time is moved here so that its ids go too (a client whose clock runs more than the
         # dedup window behind sees its own events late: only its own flags can suffer).
         # So a client's time never lags the shared clock by more than the dedup window: its ids
         # are forgotten then, and a retry that old must be late (reported), not counted twice.
+        # Only the clocks whose oldest id is that old, in the order they were created.
         ids_before = now - c.dedup_window_ms
-        gone = []
-        for user_id, clock in list(self.clocks.items()):
+        clocks = self.clocks
+        expiry = self._expiry
+        due: set[str] = set()
+        while expiry and expiry[0][0] < ids_before:
+            ts, user_id = heapq.heappop(expiry)
+            clock = clocks.get(user_id)
+            if clock is not None and clock.seen and next(iter(clock.seen.values())) == ts:
+                due.add(user_id)  # else stale: a newer entry stands for its oldest id
+        for user_id in sorted(due, key=lambda u: clocks[u].born):
+            clock = clocks[user_id]
             seen = clock.seen
             forgotten = None
             while seen:
@@ -770,13 +810,16 @@ class DetectionEngine:
                 self.changed_users.add(user_id)
                 forgotten = ts if forgotten is None else max(forgotten, ts)
             if forgotten is not None:
+                self._forgot_ids(user_id, clock)
                 self._advance_user(user_id, clock, forgotten + 1)
-            if not clock.seen and not clock.buffer and user_id not in self.users:
-                gone.append(user_id)
-        for user_id in gone:
+        for user_id in self._maybe_gone:
+            clock = clocks.get(user_id)
+            if clock is None or clock.seen or clock.buffer or user_id in self.users:
+                continue
             self._pending.discard(user_id)
             self.changed_users.add(user_id)
-            del self.clocks[user_id]
+            del clocks[user_id]
+        self._maybe_gone = set()
         for ip in [ip for ip, s in self.sources.items() if self.stuffing.is_idle(s, now)]:
             del self.sources[ip]
         for ip in [ip for ip, b in self.brute_sources.items() if self.brute.is_idle(b, now)]:
@@ -801,6 +844,7 @@ class DetectionEngine:
             self._last_sweep,
             self._last_arrival_ms,
             self._due,
+            self._born,
         )
         return dump_state(STATE_VERSION, parts)
 
@@ -822,8 +866,18 @@ class DetectionEngine:
             self._last_sweep,
             self._last_arrival_ms,
             self._due,
+            self._born,
         ) = load_state(blob, STATE_VERSION, "engine state")
         self.changed_users = set()
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild what is derived from the clocks, after `restore` or after a runner replaced
+        `clocks` (the Kafka runner loads them from per-user records)."""
+        self._expiry = [(next(iter(c.seen.values())), u) for u, c in self.clocks.items() if c.seen]
+        heapq.heapify(self._expiry)
+        self._maybe_gone = set(self.clocks)
+        self._born = max([self._born, *(c.born for c in self.clocks.values())])
 
     def take_changed_users(self) -> set[str]:
         """The users whose state or clock changed since the last call (or the restore)."""

@@ -164,6 +164,7 @@ def restore_engine(
     engine.restore(rest)
     engine.users = {u: state for u, (state, _) in users.items() if state is not None}
     engine.clocks = {u: clock for u, (_, clock) in users.items() if clock is not None}
+    engine.reindex()
     return dict(offsets)
 
 

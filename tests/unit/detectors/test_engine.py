@@ -146,7 +146,7 @@ def test_memory_stays_bounded_over_50k_distinct_users_across_hours() -> None:
     n = 50_000
     span = 8 * HOUR
     step = span // n
-    most_users = most_sources = most_ids = 0
+    most_users = most_sources = most_ids = most_clocks = 0
     for i in range(n):
         dt = i * step
         if i % 10 == 0:
@@ -159,12 +159,14 @@ def test_memory_stays_bounded_over_50k_distinct_users_across_hours() -> None:
             most_users = max(most_users, len(engine.users))
             most_sources = max(most_sources, len(engine.sources))
             most_ids = max(most_ids, sum(len(c.seen) for c in engine.clocks.values()))
+            most_clocks = max(most_clocks, len(engine.clocks))
     engine.flush()
     # users idle for the TTL (2 h) are forgotten: at most ~2 h of users plus a sweep interval
     per_hour = n / 8
     assert most_users <= per_hour * 2.1 + 100
     assert most_sources <= per_hour / 10 * 1.1 + 100  # IPs forgotten after the hold (1 h)
     assert most_ids <= per_hour / 6 * 1.1 + 100  # event ids forgotten after 10 min
+    assert most_clocks <= per_hour * 2.1 + 100  # a client's clock goes with its state and ids
     assert len(engine.users) <= per_hour * 2.1 + 100
 
 
