@@ -504,8 +504,11 @@ class BatchDetectStage:
                 part.newest_event_ts = event.ts
             if part.max_pushed_ts is None or event.ts > part.max_pushed_ts:
                 part.max_pushed_ts = event.ts
+        duplicates = engine.stats.duplicates
         engine.push(event, source_only=copy)
         part.dirty = True
+        if not copy and engine.stats.duplicates > duplicates:  # (a copy repeats its original)
+            self.metrics.events_duplicate.inc()
         revised = engine.stats.alerts_revised_too_late - part.revisions_counted
         if revised:
             self.metrics.security_alert_revisions_late.inc(revised)

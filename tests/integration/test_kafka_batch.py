@@ -16,6 +16,7 @@ import pytest
 
 from streams.kafka.io import partition_for
 from streams.kafka.user_state import decode_user
+from streams.replay import replay_lines
 from tests.integration.test_kafka_worker import (
     expected_flags,
     flags_on_topic,
@@ -103,7 +104,7 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
     from kafka import KafkaProducer
 
     lines = stream_lines(200, seed=36)
-    kafka_runner.start_worker("worker-a")
+    worker = kafka_runner.start_worker("worker-a")
     kafka_runner.produce(lines)
     wait_for_flags(kafka_runner, expected_flags(lines)[0])
     # A checkpoint after the last events: they wait in the reorder buffer until the idle advance,
@@ -147,6 +148,7 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
         for n in range(4)
     ]  # fmt: skip
     later = [orjson.dumps(e) for e in sorted(burst + others, key=lambda e: e["ts"])]
+    later.append(later[3])  # a client's retry of one event: dropped as a duplicate, and counted
     producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
     try:
         misrouted = 0
@@ -166,6 +168,16 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
     expected, _ = expected_flags([*lines, *later])
     wait_for_flags(kafka_runner, expected)
     assert set(flags_on_topic(kafka_runner)) == expected
+    duplicates = replay_lines([*lines, *later])[2].duplicates  # the simulator retries some too
+    assert duplicates == replay_lines(lines)[2].duplicates + 1
+    wait_for(
+        lambda: (
+            http_metrics(worker.web_port).get("frustration_events_duplicate_total") == duplicates
+        ),
+        30,
+        f"the {duplicates} repeated events (the retry with them) counted as duplicates",
+        every_s=0.5,
+    )
     seen = {p: o for p, o, _, _ in before}
     changed = {"late-rager", *(f"late-{n}" for n in range(4))}
 
