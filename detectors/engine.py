@@ -424,12 +424,24 @@ class DetectionEngine:
             heapq.heappush(self._expiry, (ts, user_id))  # its oldest id (arrival order)
         clock.seen[key] = ts
 
-    def _forgot_ids(self, user_id: str, clock: UserClock) -> None:
-        """Some of the client's oldest ids were forgotten: index the new oldest one, if any."""
-        if clock.seen:
-            heapq.heappush(self._expiry, (next(iter(clock.seen.values())), user_id))
-        else:
-            self._maybe_gone.add(user_id)
+    def _forget_ids(self, user_id: str, clock: UserClock, before: int) -> int | None:
+        """Forget the client's oldest ids (arrival order) dated before `before`, and index the
+        new oldest one (or note the clock may have nothing left); the newest time forgotten."""
+        seen = clock.seen
+        forgotten = None
+        while seen:
+            first = next(iter(seen))
+            if seen[first] >= before:
+                break
+            ts = seen.pop(first)
+            forgotten = ts if forgotten is None else max(forgotten, ts)
+        if forgotten is not None:
+            self.changed_users.add(user_id)
+            if seen:
+                heapq.heappush(self._expiry, (next(iter(seen.values())), user_id))
+            else:
+                self._maybe_gone.add(user_id)
+        return forgotten
 
     def _remembered(self, ts: int, user_watermark: int | None) -> bool:
         """Whether an event at `ts` is recent enough that its event_id, had it come before, would
@@ -585,18 +597,8 @@ class DetectionEngine:
             self._fire_due(user_id, event.ts)
             self._process(event)
         self._fire_due(user_id, watermark)
-        seen = clock.seen
-        if seen:
-            cutoff = watermark - self.config.dedup_window_ms
-            forgot = False
-            while seen:
-                first = next(iter(seen))
-                if seen[first] >= cutoff:
-                    break
-                del seen[first]
-                forgot = True
-            if forgot:
-                self._forgot_ids(user_id, clock)
+        if clock.seen:
+            self._forget_ids(user_id, clock, watermark - self.config.dedup_window_ms)
         if not buffer:
             state = self.users.get(user_id)
             if state is None or state.logins is None or state.logins.deadline is None:
@@ -800,17 +802,8 @@ class DetectionEngine:
                 due.add(user_id)  # else stale: a newer entry stands for its oldest id
         for user_id in sorted(due, key=lambda u: clocks[u].born):
             clock = clocks[user_id]
-            seen = clock.seen
-            forgotten = None
-            while seen:
-                first = next(iter(seen))
-                if seen[first] >= ids_before:
-                    break
-                ts = seen.pop(first)
-                self.changed_users.add(user_id)
-                forgotten = ts if forgotten is None else max(forgotten, ts)
+            forgotten = self._forget_ids(user_id, clock, ids_before)
             if forgotten is not None:
-                self._forgot_ids(user_id, clock)
                 self._advance_user(user_id, clock, forgotten + 1)
         for user_id in self._maybe_gone:
             clock = clocks.get(user_id)

@@ -65,7 +65,6 @@ class EmbeddedRunner:
         self.tracker = self.feed.tracker
         self.last_event_wall = time.time()
         self.last_checkpoint = time.time()
-        self._duplicates_counted = self._revisions_counted = 0
         self.journal = (
             Journal(settings.journal_file, settings.journal_sync) if settings.journal else None
         )
@@ -110,11 +109,15 @@ class EmbeddedRunner:
         self.feed.note_batch(events, now)
         stats = self.engine.stats
         late_before, duplicates_before = stats.late, stats.duplicates
+        revised_before = stats.alerts_revised_too_late
         push = self.engine.push
         for event in events:
             push(event, arrived_ms=arrived_ms)
         self._route_engine(self.engine.drain())
-        self._count_engine_stats()
+        self.metrics.events_duplicate.inc(stats.duplicates - duplicates_before)
+        self.metrics.security_alert_revisions_late.inc(
+            stats.alerts_revised_too_late - revised_before
+        )
         self.last_event_wall = now
         self.metrics.observe_batch(time.perf_counter() - started)
         return IngestCounts(stats.late - late_before, stats.duplicates - duplicates_before)
@@ -163,17 +166,6 @@ class EmbeddedRunner:
 
     def _route_engine(self, outputs: list[Output]) -> None:
         self.feed.route_engine(outputs, flag_watermark(self.engine))
-
-    def _count_engine_stats(self) -> None:
-        """What the engine counted since the last call, into the metrics."""
-        stats = self.engine.stats
-        if stats.duplicates > self._duplicates_counted:
-            self.metrics.events_duplicate.inc(stats.duplicates - self._duplicates_counted)
-            self._duplicates_counted = stats.duplicates
-        if stats.alerts_revised_too_late > self._revisions_counted:
-            revised = stats.alerts_revised_too_late - self._revisions_counted
-            self.metrics.security_alert_revisions_late.inc(revised)
-            self._revisions_counted = stats.alerts_revised_too_late
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> None:

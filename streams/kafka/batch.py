@@ -110,7 +110,6 @@ class Part:
     dirty: bool = False
     idle: bool = False  # quiet, nothing left to read: holds no other partition back
     last_mark: tuple[float, float] = (0.0, -INF)  # (when, value) of the last progress mark sent
-    revisions_counted: int = 0  # engine.stats.alerts_revised_too_late already in the metrics
 
     def progress(self, caught_up: bool) -> float:
         """No copy from this partition will come with an older event time (out-of-order input
@@ -504,15 +503,14 @@ class BatchDetectStage:
                 part.newest_event_ts = event.ts
             if part.max_pushed_ts is None or event.ts > part.max_pushed_ts:
                 part.max_pushed_ts = event.ts
-        duplicates = engine.stats.duplicates
+        stats = engine.stats
+        duplicates, revised = stats.duplicates, stats.alerts_revised_too_late
         engine.push(event, source_only=copy)
         part.dirty = True
-        if not copy and engine.stats.duplicates > duplicates:  # (a copy repeats its original)
+        if not copy and stats.duplicates > duplicates:  # (a copy repeats its original)
             self.metrics.events_duplicate.inc()
-        revised = engine.stats.alerts_revised_too_late - part.revisions_counted
-        if revised:
-            self.metrics.security_alert_revisions_late.inc(revised)
-            part.revisions_counted += revised
+        if stats.alerts_revised_too_late > revised:
+            self.metrics.security_alert_revisions_late.inc(stats.alerts_revised_too_late - revised)
         if engine.outbox:
             await self._emit(part, engine.drain(), sent_at)
 

@@ -4,8 +4,9 @@ A partition's engine is written to a compacted changelog topic as:
 
 - one record per tracked user, key ``u:<user_id>``, value the user's detector state and clock
   (``engine.users[u]``, ``engine.clocks[u]``: its reorder buffer, watermark and remembered event
-  ids), pickled and deflated against a fixed preset dictionary (about 100 bytes per user on the
-  simulator's traffic instead of about 700 pickled); a user the engine forgot gets a tombstone;
+  ids), pickled and deflated against a fixed preset dictionary (on the simulator's traffic about
+  150 bytes per user at rest; about 520 for a client active in the last dedup window, most of
+  it the 8-byte keys of its remembered event ids); a user the engine forgot gets a tombstone;
 - one record per partition, key ``p:<partition>``, value the rest of the engine (per-IP windows,
   timers, the shared clock) as the engine's own ``snapshot()`` with no users or clocks in it,
   plus the input offsets the whole state covers.
@@ -63,13 +64,18 @@ def encode_user(record: UserRecord) -> bytes:
     >>> len(blob) < 120, decode_user(blob) == record
     (True, True)
     """
-    return _deflate(pickle.dumps(_pack(record), protocol=5))
+    return _deflate(_pickled(record))
+
+
+def _pickled(record: UserRecord) -> bytes:
+    return pickle.dumps(_pack(record), protocol=5)
 
 
 def _pack(record: UserRecord) -> tuple[object, ...]:
     """The record with its clock's remembered event ids as two byte strings: the 8-byte keys,
     and each one's time as a varint step from the one before (a few bytes, not a pickled
-    dict of full timestamps, which were half a busy client's record)."""
+    dict of full timestamps: 520 instead of 622 bytes per active client on the simulator's
+    traffic). A record without ids stays as it is (packing would only add bytes)."""
     state, clock = record
     if clock is None or not clock.seen:
         return record
@@ -189,7 +195,7 @@ class UserChangelog:
     def load(self, users: dict[str, UserRecord]) -> None:
         """After a restore: what is in the changelog now."""
         for user_id, record in users.items():
-            self.written[user_id] = hash(pickle.dumps(record, protocol=5))
+            self.written[user_id] = hash(_pickled(record))
 
     def changes(self, engine: DetectionEngine) -> list[tuple[bytes, bytes | None]]:
         out: list[tuple[bytes, bytes | None]] = []
@@ -199,7 +205,7 @@ class UserChangelog:
                 if self.written.pop(user_id, None) is not None:
                     out.append((user_key(user_id), None))
                 continue
-            raw = pickle.dumps(record, protocol=5)
+            raw = _pickled(record)
             digest = hash(raw)
             if self.written.get(user_id) != digest:
                 self.written[user_id] = digest
