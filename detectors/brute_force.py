@@ -217,7 +217,11 @@ class BruteForceDetector:
             return SourceVerdict(False, ts + c.brute_force_window_ms)
         return SourceVerdict(False, ts)
 
+    @property
+    def idle_ms(self) -> int:
+        """How long after its last failure nothing of an IP's state matters any more."""
+        return max(self.config.brute_force_window_ms, self.config.brute_force_hold_ms)
+
     def is_idle(self, state: BruteForceState, now_ms: int) -> bool:
         """True when nothing of this IP's state matters any more (safe to forget)."""
-        c = self.config
-        return now_ms - state.last_ts > max(c.brute_force_window_ms, c.brute_force_hold_ms)
+        return now_ms - state.last_ts > self.idle_ms

@@ -257,10 +257,14 @@ class CredentialStuffingDetector:
             return SourceVerdict(False, ts + window)
         return SourceVerdict(False, ts)
 
+    @property
+    def idle_ms(self) -> int:
+        """How long after its last failure nothing of an IP's state matters any more."""
+        return max(self.config.stuffing_window_ms, self.config.stuffing_hold_ms)
+
     def is_idle(self, state: SourceState, now_ms: int) -> bool:
         """True when nothing of this IP's state matters any more (safe to forget)."""
-        c = self.config
-        return now_ms - state.last_ts > max(c.stuffing_window_ms, c.stuffing_hold_ms)
+        return now_ms - state.last_ts > self.idle_ms
 
 
 def _forget_before(entries: list[tuple[int, str]], horizon: int) -> None:

@@ -50,8 +50,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
 from detectors.brute_force import BruteForceDetector, BruteForceState
@@ -66,7 +67,7 @@ from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
-STATE_VERSION = 6  # 5: held alerts of every per-IP rule, by (ip, kind); 6: clocks' birth order
+STATE_VERSION = 7  # 6: clocks' birth order; 7: each clock's due and quiet times, not the queues
 
 #: How often (shared event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000
@@ -121,6 +122,10 @@ class UserClock:
     # platform's ids are often 36-character UUIDs, and ten minutes of them are kept per client).
     seen: dict[int, int] = field(default_factory=dict)
     born: int = 0  # creation order among the engine's clocks: the order the sweep visits them in
+    # The times of this client's one entry in the engine's due and quiet queues (None: none):
+    # a client is queued once at its earliest time, not once per event.
+    due_at: int | None = None
+    quiet_at: int | None = None
 
 
 def event_key(event_id: str) -> int:
@@ -214,13 +219,14 @@ class DetectionEngine:
         self._recent: dict[str, None] = {}
         self._shared: int | None = None
         # Clients to move on with the shared clock once quiet: (event time after which to look
-        # again, user_id); entries may be stale.
+        # again, user_id); the live entry of a client is its clock's `quiet_at`, others are stale.
+        # Rebuilt from the clocks on restore (`reindex`), like `_due`.
         self._quiet: list[tuple[int, str]] = []
         self._pushes = 0
         self._last_sweep = 0
         self._last_arrival_ms: int | None = None  # newest `arrived_ms` pushed (or the restart)
-        # Pending login deadlines (deadline, user_id), fired once the shared clock passes them;
-        # entries may be stale (the deadline moved or was cleared since).
+        # What waits for the shared clock, per client: (event time of its earliest held event or
+        # login deadline, user_id); the live entry of a client is its clock's `due_at`.
         self._due: list[tuple[int, str]] = []
         self._born = 0  # clocks created so far (UserClock.born)
         # What lets a sweep visit only the clocks it changes, not all of them (a million clients
@@ -229,6 +235,11 @@ class DetectionEngine:
         # left to keep. Rebuilt from the clocks on restore (`reindex`), not part of the snapshot.
         self._expiry: list[tuple[int, str]] = []
         self._maybe_gone: set[str] = set()
+        # Likewise for forgetting idle users and IPs: (a time at or before its last event, key),
+        # one entry per user / IP, so a sweep looks only at those that may be idle.
+        self._idle_users: list[tuple[int, str]] = []
+        self._idle_sources: list[tuple[int, str]] = []
+        self._idle_brute: list[tuple[int, str]] = []
         # Users whose state or clock changed since a runner last took them (`take_changed_users`):
         # what a runner that stores state per user has to write. Not part of the snapshot.
         self.changed_users: set[str] = set()
@@ -299,16 +310,33 @@ class DetectionEngine:
         clock is its own time give or take the lateness; a client dated behind loses part of its
         own confirmation wait, nobody else anything."""
         due = self._due
+        clocks = self.clocks
         while due and due[0][0] < floor:
-            _, user_id = heapq.heappop(due)
-            clock = self.clocks.get(user_id)
-            if clock is None:
-                continue
+            at, user_id = heapq.heappop(due)
+            clock = clocks.get(user_id)
+            if clock is None or clock.due_at != at:
+                continue  # gone, or queued again at an earlier time
+            clock.due_at = None
+            self.changed_users.add(user_id)
             self._advance_user(user_id, clock, min(floor, clock.newest + 1))
             self._fire_until(user_id, clock, floor)
             nxt = self._next_due(user_id, clock)
             if nxt is not None:  # at or after `floor`: what was before it was handled above
-                heapq.heappush(due, (max(nxt, floor), user_id))
+                self._schedule_due(user_id, clock, max(nxt, floor))
+
+    def _schedule_due(self, user_id: str, clock: UserClock, at: int) -> None:
+        """Something of this client waits for the shared clock to pass `at`."""
+        if clock.due_at is None or at < clock.due_at:
+            clock.due_at = at
+            self.changed_users.add(user_id)
+            heapq.heappush(self._due, (at, user_id))
+
+    def _schedule_quiet(self, user_id: str, clock: UserClock, at: int) -> None:
+        """Look at this client again once the shared clock is `user_quiet_ms` past `at`."""
+        if clock.quiet_at is None or at < clock.quiet_at:
+            clock.quiet_at = at
+            self.changed_users.add(user_id)
+            heapq.heappush(self._quiet, (at, user_id))
 
     def _next_due(self, user_id: str, clock: UserClock) -> int | None:
         """The earliest event time at which something of this client is waiting."""
@@ -325,15 +353,23 @@ class DetectionEngine:
         clock (`advance_wall`) has long done it, so both give the same output."""
         floor = shared - self.config.user_quiet_ms
         quiet = self._quiet
+        again: list[tuple[str, UserClock, int]] = []
         while quiet and quiet[0][0] < floor:
-            _, user_id = heapq.heappop(quiet)
+            at, user_id = heapq.heappop(quiet)
             clock = self.clocks.get(user_id)
-            if clock is None or clock.newest >= floor:
-                continue  # gone, or active again (a newer entry exists)
+            if clock is None or clock.quiet_at != at:
+                continue  # gone, or queued again at an earlier time
+            clock.quiet_at = None
+            self.changed_users.add(user_id)
+            if clock.newest >= floor:
+                again.append((user_id, clock, clock.newest))  # active again: look once quiet
+                continue
             self._advance_user(user_id, clock, floor)
             state = self.users.get(user_id)
             if state is not None and state.logins is not None and state.logins.deadline:
-                heapq.heappush(quiet, (state.logins.deadline, user_id))
+                again.append((user_id, clock, state.logins.deadline))
+        for user_id, clock, at in again:
+            self._schedule_quiet(user_id, clock, at)
 
     def _note_recent(self, user_id: str) -> None:
         recent = self._recent
@@ -387,7 +423,7 @@ class DetectionEngine:
         self._seq += 1
         buffer = clock.buffer
         if not buffer or ts < buffer[0][0]:
-            heapq.heappush(self._due, (ts, user_id))  # a new head: when the shared clock takes it
+            self._schedule_due(user_id, clock, ts)  # a new head: when the shared clock takes it
         heapq.heappush(buffer, (ts, tiebreak, self._seq, event))
         self._pending.add(user_id)
         if arrived_ms is not None and (
@@ -399,7 +435,8 @@ class DetectionEngine:
             clock.arrived_ms = arrived_ms
             clock.virtual = None
             self._note_recent(user_id)
-            heapq.heappush(self._quiet, (ts, user_id))
+            if clock.quiet_at is None or ts < clock.quiet_at:
+                self._schedule_quiet(user_id, clock, ts)
         self._advance_user(user_id, clock, clock.newest - lateness)
         self._pushes += 1
         # The median can rise only when a watermark passes it (or a client leaves the sample);
@@ -616,7 +653,7 @@ class DetectionEngine:
             if signal is not None:
                 self._signal(state, user_id, signal)
             elif state.logins.deadline is not None and state.logins.deadline != deadline:
-                heapq.heappush(self._due, (state.logins.deadline, user_id))
+                self._schedule_due(user_id, self.clocks[user_id], state.logins.deadline)
             # else postponed while its source is undecided: loop, the new deadline may be due
 
     def _process(self, event: AnyEvent) -> None:
@@ -626,6 +663,9 @@ class DetectionEngine:
         state = self.users.get(user_id)
         if state is None:
             state = self.users[user_id] = UserState(ts)
+            heapq.heappush(
+                self._idle_users, (ts, user_id)
+            )  # a user's events come in its time order
         elif ts - state.last_ts > self.config.user_idle_ttl_ms:
             # As if the sweep had already removed it: output must not depend on sweep timing.
             state.forget_detectors()
@@ -645,7 +685,7 @@ class DetectionEngine:
             if deadline is not None:
                 self._pending.add(user_id)
                 if deadline != before:
-                    heapq.heappush(self._due, (deadline, user_id))
+                    self._schedule_due(user_id, self.clocks[user_id], deadline)
         else:
             if state.chats is None:
                 state.chats = AbruptChatState()
@@ -664,9 +704,11 @@ class DetectionEngine:
         source = self.sources.get(ip)
         if source is None:
             source = self.sources[ip] = SourceState()
+            heapq.heappush(self._idle_sources, (ts, ip))
         brute_source = self.brute_sources.get(ip)
         if brute_source is None:
             brute_source = self.brute_sources[ip] = BruteForceState()
+            heapq.heappush(self._idle_brute, (ts, ip))
         if not source.failures or ts >= source.last_ts:
             self._hold(self.stuffing.learn_one(source, event))
         else:
@@ -774,14 +816,15 @@ class DetectionEngine:
         cooldown ends), their clocks once nothing of theirs is pending, and idle IPs."""
         self._last_sweep = now
         c = self.config
-        idle_before = now - c.user_idle_ttl_ms
-        for user_id in [u for u, s in self.users.items() if s.last_ts < idle_before]:
+        idle_users = _pop_idle(self._idle_users, self.users, now - c.user_idle_ttl_ms)
+        for user_id in idle_users:
             self.changed_users.add(user_id)
             state = self.users[user_id]
             score = state.score
             if score is not None and score.has_open_flag(now, c.flag_cooldown_ms):
                 state.forget_detectors()
                 score.signals = []
+                heapq.heappush(self._idle_users, (state.last_ts, user_id))  # seen again next sweep
             else:
                 del self.users[user_id]
                 self._maybe_gone.add(user_id)
@@ -813,9 +856,9 @@ class DetectionEngine:
             self.changed_users.add(user_id)
             del clocks[user_id]
         self._maybe_gone = set()
-        for ip in [ip for ip, s in self.sources.items() if self.stuffing.is_idle(s, now)]:
+        for ip in _pop_idle(self._idle_sources, self.sources, now - self.stuffing.idle_ms):
             del self.sources[ip]
-        for ip in [ip for ip, b in self.brute_sources.items() if self.brute.is_idle(b, now)]:
+        for ip in _pop_idle(self._idle_brute, self.brute_sources, now - self.brute.idle_ms):
             del self.brute_sources[ip]
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -832,11 +875,9 @@ class DetectionEngine:
             self._pending,
             self._recent,
             self._shared,
-            self._quiet,
             self._pushes,
             self._last_sweep,
             self._last_arrival_ms,
-            self._due,
             self._born,
         )
         return dump_state(STATE_VERSION, parts)
@@ -854,11 +895,9 @@ class DetectionEngine:
             self._pending,
             self._recent,
             self._shared,
-            self._quiet,
             self._pushes,
             self._last_sweep,
             self._last_arrival_ms,
-            self._due,
             self._born,
         ) = load_state(blob, STATE_VERSION, "engine state")
         self.changed_users = set()
@@ -867,9 +906,16 @@ class DetectionEngine:
     def reindex(self) -> None:
         """Rebuild what is derived from the clocks, after `restore` or after a runner replaced
         `clocks` (the Kafka runner loads them from per-user records)."""
+        self._due = [(c.due_at, u) for u, c in self.clocks.items() if c.due_at is not None]
+        heapq.heapify(self._due)
+        self._quiet = [(c.quiet_at, u) for u, c in self.clocks.items() if c.quiet_at is not None]
+        heapq.heapify(self._quiet)
         self._expiry = [(next(iter(c.seen.values())), u) for u, c in self.clocks.items() if c.seen]
         heapq.heapify(self._expiry)
         self._maybe_gone = set(self.clocks)
+        self._idle_users = _index_by_last_ts(self.users)
+        self._idle_sources = _index_by_last_ts(self.sources)
+        self._idle_brute = _index_by_last_ts(self.brute_sources)
         self._born = max([self._born, *(c.born for c in self.clocks.values())])
 
     def take_changed_users(self) -> set[str]:
@@ -881,3 +927,35 @@ class DetectionEngine:
         """Take everything in the outbox."""
         out, self.outbox = self.outbox, []
         return out
+
+
+class _HasLastTs(Protocol):
+    last_ts: int
+
+
+def _index_by_last_ts(items: Mapping[str, _HasLastTs]) -> list[tuple[int, str]]:
+    index = [(item.last_ts, key) for key, item in items.items()]
+    heapq.heapify(index)
+    return index
+
+
+def _pop_idle(
+    index: list[tuple[int, str]], items: Mapping[str, _HasLastTs], before: int
+) -> list[str]:
+    """The keys of `items` whose last event is before `before`, taken out of `index` (a heap of
+    (time at or before the item's last event, key)); the others it meets are queued again at
+    their last event."""
+    idle: list[str] = []
+    again: dict[str, int] = {}
+    while index and index[0][0] < before:
+        _, key = heapq.heappop(index)
+        item = items.get(key)
+        if item is None or key in again:
+            continue  # forgotten since it was queued
+        if item.last_ts < before:
+            idle.append(key)
+        again[key] = item.last_ts
+    for key, last_ts in again.items():
+        if last_ts >= before:
+            heapq.heappush(index, (last_ts, key))
+    return sorted(idle)

@@ -33,7 +33,7 @@ from detectors.scoring import ScoreState
 from detectors.state import dump_state, load_state
 
 #: Bump when the record layout below changes (the engine's own STATE_VERSION guards the rest).
-USER_RECORD_FORMAT = 3  # 2: the user's clock with its state; 3: its event ids packed
+USER_RECORD_FORMAT = 4  # 3: its event ids packed; 4: its clock keeps its due and quiet times
 #: The engine's attributes that hold one entry per user, moved out into the user records.
 PER_USER_ATTRS = ("users", "clocks")
 USER_PREFIX = b"u:"

@@ -170,6 +170,34 @@ def test_memory_stays_bounded_over_50k_distinct_users_across_hours() -> None:
     assert len(engine.users) <= per_hour * 2.1 + 100
 
 
+def test_each_sweep_forgets_every_idle_user_and_ip_a_full_scan_would() -> None:
+    """The sweep looks only at users and IPs its index says may be idle: none it should forget
+    may stay (a user with an open flag keeps its score until the cooldown ends)."""
+    config = DetectionConfig()
+    engine = DetectionEngine(config)
+    last_sweep = engine._last_sweep
+    sweeps = 0
+    for i in range(6_000):
+        dt = i * 4_000
+        user = f"user-{i % 700}" if i % 3 else f"user-{i}"
+        if i % 7 == 0:
+            event = login(dt, user=user, ip=f"100.{i // 700}.{i % 5}.1")  # new IPs each ~45 min
+        else:
+            event = click(dt, user=user)
+        engine.push(with_id(event, f"id-{i}"))
+        engine.drain()
+        if engine._last_sweep == last_sweep:
+            continue
+        sweeps += 1
+        now = last_sweep = engine._last_sweep
+        for state in engine.users.values():
+            idle = state.last_ts < now - config.user_idle_ttl_ms
+            assert not idle or (state.score is not None and state.clicks is None)
+        assert not any(engine.stuffing.is_idle(s, now) for s in engine.sources.values())
+        assert not any(engine.brute.is_idle(b, now) for b in engine.brute_sources.values())
+    assert sweeps > 300 and len(engine.sources) <= 10  # it swept, and it forgot IPs (of 45)
+
+
 def _quiet_user_stream() -> list:
     """u1 gets a flag, goes quiet for 3 h, and comes back with a lock-out and an abandoned chat."""
     u1 = [
