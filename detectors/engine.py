@@ -132,8 +132,11 @@ def event_key(event_id: str) -> int:
     """A client's event id as the 64-bit number it is remembered by. Two ids of one client in
     one dedup window share it with a chance of about n²/2⁶⁵ (n ids): below 1 in 10¹³ for a
     thousand."""
-    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    digest = _blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+_blake2b = hashlib.blake2b
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,8 +322,12 @@ class DetectionEngine:
             clock.due_at = None
             self.changed_users.add(user_id)
             self._advance_user(user_id, clock, min(floor, clock.newest + 1))
-            self._fire_until(user_id, clock, floor)
-            nxt = self._next_due(user_id, clock)
+            state = self.users.get(user_id)
+            if state is not None and state.logins is not None and state.logins.deadline is not None:
+                self._fire_until(user_id, clock, floor)
+                nxt = self._next_due(user_id, clock)
+            else:
+                nxt = clock.buffer[0][0] if clock.buffer else None
             if nxt is not None:  # at or after `floor`: what was before it was handled above
                 self._schedule_due(user_id, clock, max(nxt, floor))
 
@@ -629,15 +636,22 @@ class DetectionEngine:
         clock.watermark = watermark
         self.changed_users.add(user_id)
         buffer = clock.buffer
+        users = self.users
         while buffer and buffer[0][0] < watermark:
             event = heapq.heappop(buffer)[3]
-            self._fire_due(user_id, event.ts)
+            state = users.get(user_id)
+            if state is not None and state.logins is not None and state.logins.deadline is not None:
+                self._fire_due(user_id, event.ts)
             self._process(event)
-        self._fire_due(user_id, watermark)
-        if clock.seen:
-            self._forget_ids(user_id, clock, watermark - self.config.dedup_window_ms)
+        state = users.get(user_id)
+        if state is not None and state.logins is not None and state.logins.deadline is not None:
+            self._fire_due(user_id, watermark)
+        seen = clock.seen
+        forget_before = watermark - self.config.dedup_window_ms
+        if seen and next(iter(seen.values())) < forget_before:
+            self._forget_ids(user_id, clock, forget_before)
         if not buffer:
-            state = self.users.get(user_id)
+            state = users.get(user_id)
             if state is None or state.logins is None or state.logins.deadline is None:
                 self._pending.discard(user_id)
 
@@ -657,9 +671,9 @@ class DetectionEngine:
             # else postponed while its source is undecided: loop, the new deadline may be due
 
     def _process(self, event: AnyEvent) -> None:
+        """One event of a user, in that user's time order (its user is in `changed_users`)."""
         ts = event.ts
         user_id = event.user_id
-        self.changed_users.add(user_id)
         state = self.users.get(user_id)
         if state is None:
             state = self.users[user_id] = UserState(ts)
