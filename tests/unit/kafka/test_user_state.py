@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
+
 import orjson
+import pytest
 
 from detectors.config import DetectionConfig
 from detectors.engine import DetectionEngine
+from detectors.state import dump_state
+from signals.exceptions import ConfigurationError
 from signals.wire import parse_event
 from streams.kafka.user_state import (
+    USER_RECORD_FORMAT,
     UserChangelog,
     decode_user,
     encode_partition,
@@ -134,3 +140,15 @@ def test_a_clients_remembered_event_ids_survive_the_record_and_still_drop_repeat
     restore_engine(restored, encode_partition(engine, {}), {"u1": record})
     restored.push(parse_event(lines[2], 65_536))
     assert restored.stats.duplicates == 1
+
+
+def test_the_partition_record_is_deflated_and_an_older_one_is_refused_clearly() -> None:
+    engine = DetectionEngine()
+    for line in _events(users=100):
+        engine.push(parse_event(line))
+    blob = encode_partition(engine, {"events": 7})
+    plain = dump_state(USER_RECORD_FORMAT, ({"events": 7}, b""))
+    assert len(blob) < len(zlib.decompress(blob)) / 2  # per-IP windows compress well
+    assert restore_engine(DetectionEngine(), blob, {}) == {"events": 7}
+    with pytest.raises(ConfigurationError, match="older build"):
+        restore_engine(DetectionEngine(), plain, {})
