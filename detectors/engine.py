@@ -653,7 +653,10 @@ class DetectionEngine:
         if not buffer:
             state = users.get(user_id)
             if state is None or state.logins is None or state.logins.deadline is None:
+                # Nothing waits: the watermark is past its newest event, so a visit of the
+                # shared clock would change nothing (and its record need not say when).
                 self._pending.discard(user_id)
+                clock.due_at = None
 
     def _fire_due(self, user_id: str, before_ts: int) -> None:
         """Fire the user's login deadline if it is before `before_ts` (in that user's time)."""
