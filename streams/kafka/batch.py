@@ -10,9 +10,10 @@ the hot topic is read here with the client faust is built on, aiokafka, in per-p
         one DetectionEngine per assigned partition p (RangePartitionAssignor: partition p of
         both topics goes to the same member)
         ├─ flags, alerts, dead letters (late / bad) ─> their topics
-        └─ every `worker_checkpoint_interval_s`: the producer is flushed, then the partition's
-           changed users and its partition record go to <app id>-user-state (compacted) as ONE
-           record batch, then the input offsets they cover are committed
+        └─ every `worker_checkpoint_interval_s`: the partition's changed users and its
+           partition record are encoded; then, in the background while detection goes on, the
+           producer is flushed, they go to <app id>-user-state (compacted) as ONE record batch,
+           and the input offsets they cover are committed (one write in flight at a time)
 
 Distributed parts are Kafka's: partitions come from the consumer-group protocol; a
 `ConsumerRebalanceListener` writes the state of revoked partitions (and commits) before the
