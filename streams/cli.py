@@ -160,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streams.embedded.demo import feed_demo_traffic
     from streams.embedded.server import RUNNER, build_app
     from streams.queue.api import run_app
+    from streams.runtime import tune_gc
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -181,6 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             task.cancel()
 
         app.cleanup_ctx.append(start_demo)
+    tune_gc()
     run_app(
         app,
         settings,

@@ -52,6 +52,7 @@ from streams.kafka.partition_watch import PartitionWatch
 from streams.kafka.partitions import destinations
 from streams.metrics import FrustrationMetrics
 from streams.replay import late_record
+from streams.runtime import tune_gc
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -495,5 +496,6 @@ def run_worker(settings: Settings, worker_name: str | None = None) -> int:
     runner = KafkaRunner(settings, worker_name)
     runner.prepare_topics()
     worker = Worker(runner.app, loglevel="INFO", quiet=True)
+    tune_gc()
     worker.execute_from_commandline()
     return 0
