@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -442,8 +442,7 @@ class DetectionEngine:
             clock.arrived_ms = arrived_ms
             clock.virtual = None
             self._note_recent(user_id)
-            if clock.quiet_at is None or ts < clock.quiet_at:
-                self._schedule_quiet(user_id, clock, ts)
+            self._schedule_quiet(user_id, clock, ts)
         self._advance_user(user_id, clock, clock.newest - lateness)
         self._pushes += 1
         # The median can rise only when a watermark passes it (or a client leaves the sample);
@@ -680,9 +679,8 @@ class DetectionEngine:
         state = self.users.get(user_id)
         if state is None:
             state = self.users[user_id] = UserState(ts)
-            heapq.heappush(
-                self._idle_users, (ts, user_id)
-            )  # a user's events come in its time order
+            # A user's events come in its time order: ts stays at or before its last event.
+            heapq.heappush(self._idle_users, (ts, user_id))
         elif ts - state.last_ts > self.config.user_idle_ttl_ms:
             # As if the sweep had already removed it: output must not depend on sweep timing.
             state.forget_detectors()
@@ -923,16 +921,14 @@ class DetectionEngine:
     def reindex(self) -> None:
         """Rebuild what is derived from the clocks, after `restore` or after a runner replaced
         `clocks` (the Kafka runner loads them from per-user records)."""
-        self._due = [(c.due_at, u) for u, c in self.clocks.items() if c.due_at is not None]
-        heapq.heapify(self._due)
-        self._quiet = [(c.quiet_at, u) for u, c in self.clocks.items() if c.quiet_at is not None]
-        heapq.heapify(self._quiet)
-        self._expiry = [(next(iter(c.seen.values())), u) for u, c in self.clocks.items() if c.seen]
-        heapq.heapify(self._expiry)
+        clocks = self.clocks.items()
+        self._due = _heap((c.due_at, u) for u, c in clocks if c.due_at is not None)
+        self._quiet = _heap((c.quiet_at, u) for u, c in clocks if c.quiet_at is not None)
+        self._expiry = _heap((next(iter(c.seen.values())), u) for u, c in clocks if c.seen)
         self._maybe_gone = set(self.clocks)
-        self._idle_users = _index_by_last_ts(self.users)
-        self._idle_sources = _index_by_last_ts(self.sources)
-        self._idle_brute = _index_by_last_ts(self.brute_sources)
+        self._idle_users = _heap((s.last_ts, u) for u, s in self.users.items())
+        self._idle_sources = _heap((s.last_ts, ip) for ip, s in self.sources.items())
+        self._idle_brute = _heap((b.last_ts, ip) for ip, b in self.brute_sources.items())
         self._born = max([self._born, *(c.born for c in self.clocks.values())])
 
     def take_changed_users(self) -> set[str]:
@@ -950,10 +946,10 @@ class _HasLastTs(Protocol):
     last_ts: int
 
 
-def _index_by_last_ts(items: Mapping[str, _HasLastTs]) -> list[tuple[int, str]]:
-    index = [(item.last_ts, key) for key, item in items.items()]
-    heapq.heapify(index)
-    return index
+def _heap(entries: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    heap = list(entries)
+    heapq.heapify(heap)
+    return heap
 
 
 def _pop_idle(
