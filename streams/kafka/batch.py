@@ -83,6 +83,8 @@ INF = float("inf")
 CAUGHT_UP_QUIET_S = 0.5
 #: Users whose partition is remembered (the memory is cleared when it is full).
 PARTITION_CACHE_SIZE = 1_000_000
+#: How often live clients' time is moved on with the clock (`_advance_clients`), as the service.
+ADVANCE_EVERY_S = 0.1
 
 
 @dataclass(slots=True)
@@ -116,6 +118,7 @@ class Part:
     held: deque[Held] = field(default_factory=deque)
     max_pushed_ts: int | None = None
     newest_event_ts: int | None = None
+    arrival_ms: int | None = None  # newest record timestamp of its own events taken in
     last_event_wall: float = field(default_factory=time.time)
     dirty: bool = False
     idle: bool = False  # quiet, nothing left to read: holds no other partition back
@@ -171,6 +174,7 @@ class BatchDetectStage:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._last_write = time.time()
+        self._last_advance = 0.0
         self._write_task: asyncio.Task[None] | None = None  # the state write in flight
         self._write_cursor = -1  # the partition (index among the assigned) written last
         self._last_held_log = 0.0
@@ -243,6 +247,9 @@ class BatchDetectStage:
                         await self._release()  # another partition may have caught up meanwhile
                         self._count_received()
                     now = time.time()
+                    if now - self._last_advance >= ADVANCE_EVERY_S:
+                        self._last_advance = now
+                        await self._advance_clients(now)
                     await self._send_marks(now)
                     if now >= next_housekeeping:
                         next_housekeeping = now + 1.0
@@ -536,9 +543,14 @@ class BatchDetectStage:
                 part.newest_event_ts = event.ts
             if part.max_pushed_ts is None or event.ts > part.max_pushed_ts:
                 part.max_pushed_ts = event.ts
+        arrived_ms = None
+        if not copy and sent_at > 0:
+            arrived_ms = round(sent_at * 1000)
+            if part.arrival_ms is None or arrived_ms > part.arrival_ms:
+                part.arrival_ms = arrived_ms
         stats = engine.stats
         duplicates, revised = stats.duplicates, stats.alerts_revised_too_late
-        engine.push(event, source_only=copy)
+        engine.push(event, source_only=copy, arrived_ms=arrived_ms)
         part.dirty = True
         if not copy and stats.duplicates > duplicates:  # (a copy repeats its original)
             self.metrics.events_duplicate.inc()
@@ -564,8 +576,9 @@ class BatchDetectStage:
                     self.metrics.flag_opened(out.severity)
                 else:
                     self.metrics.flag_escalated(out.severity)
-                if sent_at:
-                    self.metrics.flag_latency_seconds.observe(max(0.0, time.time() - sent_at))
+                receipt = _receipt_s(part.engine, out) or sent_at
+                if receipt:
+                    self.metrics.flag_latency_seconds.observe(max(0.0, time.time() - receipt))
             elif isinstance(out, Signal):
                 self.metrics.signal(out.kind)
             elif isinstance(out, SecurityAlert):
@@ -577,6 +590,43 @@ class BatchDetectStage:
             elif isinstance(out, LateEvent):
                 self.metrics.events_late.inc()
                 await self._dead_letter(late_record(out))
+
+    async def _advance_clients(self, now: float) -> None:
+        """Each live client's time moves on from its own newest event by the time since that
+        event arrived (per-user time, as in the service): a quiet client's buffer is released
+        a lateness after its last event and its login deadline fires when due, with no other
+        traffic needed (the shared clock, a median of the partition's clients, lags the wall
+        clock by their typical gap and then the lateness once more).
+
+        "Now" is the wall clock while the partition is read to its end, else the newest record
+        timestamp taken in from it: a backlog (a restart re-reading what its state does not
+        cover) moves clients as the first reading did, never past records still waiting. It is
+        never ahead of the wall clock, so a producer whose clock runs fast cannot fire other
+        clients' deadlines early. Back-fill clients (dated far from their records' time) are
+        not moved this way (`DetectionEngine.advance_wall`): the idle advance takes them."""
+        consumer = self.consumer
+        assert consumer is not None
+        wall_ms = int(now * 1000)
+        for part in self.parts.values():
+            now_ms = part.arrival_ms
+            if not part.held:
+                p = part.partition
+                events_end = consumer.highwater(TopicPartition(self.events_topic, p))
+                hop_end = consumer.highwater(TopicPartition(self.hop_topic, p))
+                if (
+                    events_end is not None
+                    and part.events_offset + 1 >= events_end
+                    and (hop_end is None or part.hop_offset + 1 >= hop_end)
+                ):
+                    now_ms = wall_ms
+            if now_ms is None:
+                continue
+            engine = part.engine
+            engine.advance_wall(min(now_ms, wall_ms))
+            if engine.changed_users:
+                part.dirty = True
+            if engine.outbox:
+                await self._emit(part, engine.drain(), None)
 
     async def _dead_letter(self, record: dict[str, Any]) -> None:
         assert self.producer is not None
@@ -749,3 +799,14 @@ class BatchDetectStage:
                     report.lag,
                 )
         self.metrics.consumer_lag_messages.set(lag)
+
+
+def _receipt_s(engine: DetectionEngine, flag: Flag) -> float | None:
+    """When the event that completed the flag arrived (its record's timestamp, seconds): the
+    client's newest event when that is at or after the flag's time. A flag whose rule waits by
+    definition (a login confirmation: its time is the end of the wait, after the client's last
+    event) is timed from the end of its wait, in the client's clock mapped to record time."""
+    clock = engine.clocks.get(flag.user_id)
+    if clock is None or clock.arrived_ms is None:
+        return None
+    return (clock.arrived_ms + max(0, flag.ts - clock.newest)) / 1000

@@ -191,6 +191,30 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
     assert written == changed
 
 
+def test_a_live_clients_flag_needs_no_other_traffic(kafka_runner: KafkaRunnerEnv) -> None:
+    """Per-user time: a live client (events dated now) rage-clicks, then goes quiet, alone on
+    the topic. Its own time moves on with the clock from its last event, so the flag comes a
+    lateness later, as replay gives it. Neither other clients' traffic nor the idle advance of a
+    quiet partition releases it: there is no other traffic, and the idle advance is set to a
+    minute, past the wait here. The flag's latency is observed from its client's last event."""
+    kafka_runner.extra_env["FRUSTRATION_IDLE_ADVANCE_S"] = "60"
+    worker = kafka_runner.start_worker("worker-a")
+    t0 = int(time.time() * 1000) - 2_000
+    lines = [
+        orjson.dumps({"type": "click", "user_id": "alone", "ts": t0 + 100 * i, "target": "#pay",
+                      "label": "Pay now", "page": "/billing", "event_id": f"alone-{i}"})
+        for i in range(6)
+    ]  # fmt: skip  (six clicks: the rule is complete at the last one, as the benchmark's probes)
+    expected, _ = expected_flags(lines)
+    assert expected, "replay flags the burst"
+    kafka_runner.produce(lines)
+    wait_for_flags(kafka_runner, expected, timeout_s=30)
+    assert set(flags_on_topic(kafka_runner)) == expected
+    metrics = http_metrics(worker.web_port)
+    assert metrics.get("frustration_flag_latency_seconds_count") == len(expected)
+    assert dead_letters(kafka_runner) == []
+
+
 def _users_processed(records: list[tuple[int, int, bytes, bytes | None]]) -> set[str]:
     """The users whose newest record among `records` has detector state and no held event."""
     latest = {key: value for _, _, key, value in records if key.startswith(b"u:")}
