@@ -357,9 +357,15 @@ class BatchDetectStage:
         restorer = self.restorer
         assert restorer is not None
         tps = [TopicPartition(self.state_topic, p) for p in partitions]
+        ends, starts = await asyncio.gather(
+            restorer.end_offsets(tps), restorer.beginning_offsets(tps)
+        )
+        # Explicit starting offsets: a reset to the beginning costs a request per partition,
+        # and an empty partition (a new deployment) has nothing to read.
+        tps = [tp for tp in tps if ends[tp] > starts[tp]]
         restorer.assign(tps)
-        await restorer.seek_to_beginning(*tps)
-        ends = await restorer.end_offsets(tps)
+        for tp in tps:
+            restorer.seek(tp, starts[tp])
         users: dict[int, dict[str, Any]] = {p: {} for p in partitions}
         blobs: dict[int, bytes] = {}
         started = time.monotonic()
