@@ -520,8 +520,10 @@ class DetectionEngine:
             if abs(clock.arrived_ms - clock.newest) < LIVE_WINDOW_MS:
                 virtual = clock.newest + max(0, now_ms - clock.arrived_ms) - lateness
                 if clock.virtual is None or virtual > clock.virtual:
+                    # Not a change to write (changed_users): it is a function of the wall clock,
+                    # recomputed at the next call after a restore. A live client that sent
+                    # nothing would otherwise be rewritten at every Kafka state write.
                     clock.virtual = virtual
-                    self.changed_users.add(user_id)
                 self._advance_user(user_id, clock, min(virtual, clock.newest + 1))
                 self._fire_until(user_id, clock, virtual)
             elif idle:  # as a replay's end of input: everything released, every deadline fired

@@ -629,10 +629,11 @@ class BatchDetectStage:
                 continue
             engine = part.engine
             engine.advance_wall(min(now_ms, wall_ms))
-            if engine.changed_users:
-                part.dirty = True
             if engine.outbox:
+                part.dirty = True  # (a released alert leaves the partition record)
                 await self._emit(part, engine.drain(), None)
+            elif engine.changed_users:
+                part.dirty = True
 
     async def _dead_letter(self, record: dict[str, Any]) -> None:
         assert self.producer is not None
