@@ -3,10 +3,9 @@
 Prints figures, asserts nothing about speed. Issue 16: in one run on the same pre-loaded topic,
 the baselines first (a bare aiokafka `getmany()` consumer and a bare faust agent, each in its own
 process, timed from its first record; `frustration replay` of the same events, less the
-command's start-up on an empty file), then the workers (batch path, 1 and 2, and the faust path
-unless --skip-faust-path), the batch path's changelog (bytes per user record at rest, bytes
-written per second) and latency at half the one-worker rate (--no-latency-rate-from-run: at
---latency-rate). Starts its own single-node Kafka 3.9.1 broker
+command's start-up on an empty file), then the workers (1 and 2), the changelog (bytes per
+user record at rest, bytes written per second) and latency at half the one-worker rate
+(--no-latency-rate-from-run: at --latency-rate). Starts its own single-node Kafka 3.9.1 broker
 (`deploy/kafka/broker.py`, jars in `deploy/kafka/lib`) and real `frustration worker`
 subprocesses; every run gets fresh topics (8 partitions, the default `topic_partitions`) and a
 fresh app id (consumer group, by-user topic, state changelog). The broker, the workers and this
@@ -362,7 +361,6 @@ def read_all(bootstrap: str, topic: str) -> list[Any]:
 @dataclass
 class ThroughputResult:
     app_id: str
-    hot_path: str
     workers: int
     seconds: float
     rate: float
@@ -424,18 +422,11 @@ def throughput(
     valid: int,
     n_workers: int,
     tmp: Path,
-    hot_path: str = "batch",
 ) -> ThroughputResult:
-    run = Topics(f"{n_workers}w{hot_path[0]}")
+    run = Topics(f"{n_workers}w")
     # Same input topic, everything else fresh (app id: consumer group, by-user topic, changelog).
-    env = run.env(
-        bootstrap,
-        {
-            "FRUSTRATION_EVENTS_TOPIC": topics.name("events"),
-            "FRUSTRATION_WORKER_HOT_PATH": hot_path,
-        },
-    )
-    group = f"{run.app_id}-detect" if hot_path == "batch" else run.app_id
+    env = run.env(bootstrap, {"FRUSTRATION_EVENTS_TOPIC": topics.name("events")})
+    group = f"{run.app_id}-detect"
     ends = end_offsets(bootstrap, topics.name("events"))
     names = [f"w{n_workers}-{i}" for i in range(n_workers)]
     with workers(names, env, tmp) as procs:
@@ -481,7 +472,6 @@ def throughput(
         )
     return ThroughputResult(
         app_id=run.app_id,
-        hot_path=hot_path,
         workers=n_workers,
         seconds=seconds,
         rate=valid / seconds,
@@ -496,7 +486,7 @@ def throughput(
 
 def print_throughput(r: ThroughputResult, valid: int) -> None:
     print(
-        f"{r.workers} worker(s), {r.hot_path} path: {valid:,} events in {r.seconds:.1f} s = "
+        f"{r.workers} worker(s): {valid:,} events in {r.seconds:.1f} s = "
         f"{r.rate:,.0f} events/s "
         f"(counted {r.received:,.0f}: {r.received - valid:,.0f} re-read after a rebalance; "
         f"{r.late:,.0f} late)"
@@ -883,9 +873,6 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=("throughput", "latency"), help="run one half only")
     parser.add_argument(
-        "--skip-faust-path", action="store_true", help="do not measure the faust path (before)"
-    )
-    parser.add_argument(
         "--latency-rate-from-run",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -946,10 +933,6 @@ def main() -> None:
             )
             two = throughput(broker.bootstrap, broker.pid, loaded, valid, 2, tmp)
             print_throughput(two, valid)
-            faust_one = None
-            if not args.skip_faust_path:
-                faust_one = throughput(broker.bootstrap, broker.pid, loaded, valid, 1, tmp, "faust")
-                print_throughput(faust_one, valid)
             for b in bases:
                 rows.append(
                     (b.name, f"{b.rate:,.0f} events/s", f"{b.cpu_us:.1f} µs CPU/event", None)
@@ -970,11 +953,6 @@ def main() -> None:
                 ("state changelog written, 1 worker", f"{state.bytes_per_s:,.0f} bytes/s", "",
                  None),
             ]  # fmt: skip
-            if faust_one is not None:
-                rows.append(
-                    ("faust path (before), 1 worker", f"{faust_one.rate:,.0f} events/s",
-                     f"{faust_one.cpu_workers / valid * 1e6:.1f} µs CPU/event", None)
-                )  # fmt: skip
             if args.latency_rate_from_run:
                 rate = fallback = round(one.rate / 2)
 
