@@ -110,8 +110,9 @@ def test_state_is_per_user_small_and_written_only_for_users_that_changed(
     wait_for_flags(kafka_runner, expected_flags(lines)[0])
     # A checkpoint after the last events: they wait in the reorder buffer until the idle advance,
     # which depends on the machine's load, so wait for their users' records with those events
-    # processed (detector state, nothing buffered), not a fixed time.
-    last = {orjson.loads(line)["user_id"] for line in lines[-PARTITIONS:]}
+    # processed (detector state, nothing buffered), not a fixed time: the clock clients of every
+    # partition, because the partitions' writes come in turn, up to a second apart.
+    last = {u for line in lines if (u := orjson.loads(line)["user_id"]).startswith("clock-")}
     wait_for(
         lambda: last <= _users_processed(state_records(kafka_runner)),
         60,
@@ -223,6 +224,17 @@ def test_a_live_clients_flag_needs_no_other_traffic(kafka_runner: KafkaRunnerEnv
     metrics = http_metrics(worker.web_port)
     assert metrics.get("frustration_flag_latency_seconds_count") == len(expected)
     assert dead_letters(kafka_runner) == []
+    # Then nothing changes: the clock moving the client's time on is not written again.
+    wait_for(
+        lambda: "alone" in _users_processed(state_records(kafka_runner)),
+        30,
+        "the client's record with its clicks processed",
+        every_s=0.5,
+    )
+    time.sleep(1.5)  # a partition's write comes within a second of the change
+    written = len(state_records(kafka_runner))
+    time.sleep(3)
+    assert len(state_records(kafka_runner)) == written, "an idle worker rewrites no state"
 
 
 def test_a_worker_killed_in_live_traffic_gives_replays_flags(kafka_runner: KafkaRunnerEnv) -> None:
