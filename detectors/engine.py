@@ -33,7 +33,7 @@ processed whatever the client's own clock says (`follow_shared_clock`): what mov
 in a replay, and why every such flag reaches the incident tracker, which follows the same clock,
 before the tracker moves past its time.
 
-Runners (`streams.embedded.runner`, `streams.kafka.worker`) call `push` for each event (with the
+Runners (`streams.embedded.runner`, `streams.kafka.batch`) call `push` for each event (with the
 wall time it arrived, `arrived_ms`), drain `outbox`, and call `advance_wall(now_ms, idle_ms)`
 about every 100 ms: a live client's buffer and deadlines move on with the wall clock from its own
 last event; a back-fill client's (dated far from the wall clock) only once all input is idle.

@@ -100,7 +100,8 @@ SIGNAL_KINDS: tuple[str, ...] = _SIGNAL_KINDS
 SEVERITIES: tuple[str, ...] = _SEVERITIES
 SECURITY_ALERT_KINDS: tuple[str, ...] = _SECURITY_ALERT_KINDS
 INCIDENT_KINDS: tuple[str, ...] = SIGNAL_KINDS
-# batch: the embedded runner (and queue sink); route and detect: the two stages of a Kafka worker.
+# batch: the embedded runner (and queue sink); detect: a Kafka worker's detect stage; route: the
+# retired faust path's route stage (never observed now; kept so the label set stays the same).
 PROCESSING_STAGES: tuple[str, ...] = ("batch", "route", "detect")
 QUEUE_STATUSES: tuple[str, ...] = _QUEUE_STATUSES
 INGEST_CODES: tuple[str, ...] = ("200", "202", "400", "401", "413", "415", "500")

@@ -210,28 +210,23 @@ class Settings(BaseSettings):
     )
     worker_app_id: str = Field(
         "frustration-signals",
-        description="faust app id: the workers' consumer group and the prefix of their internal "
-        "topics (the by-user events topic, the detector-state changelog).",
+        description="faust app id: the workers' consumer groups (<app id>, and <app id>-detect "
+        "for the detect stage) and the prefix of their internal topics (the by-user events "
+        "topic, the user-state changelog).",
     )
     worker_checkpoint_interval_s: float = Field(
         1.0,
         gt=0,
-        description="Seconds between detector-state writes to the changelog-backed table, per "
+        description="Seconds between detector-state writes to the user-state changelog, per "
         "partition. Input offsets are committed only up to the last write, so a killed worker "
         "re-reads at most this much.",
-    )
-    worker_batch_size: int = Field(
-        1000,
-        ge=1,
-        description="Most events the worker routes in one batch (stream.take; "
-        "worker_hot_path=faust only).",
     )
     worker_hot_path: Literal["batch"] = Field(
         "batch",
         description="How a worker reads the events topic: batch (aiokafka getmany(), one engine "
-        "per assigned partition, per-user state in the <app id>-user-state changelog). The faust "
-        "per-message path is retired (issue 16): it gave a stuffing victim a flag replay does "
-        "not give.",
+        "per assigned partition, per-user state in the <app id>-user-state changelog), the only "
+        "value. The faust per-message path was retired in issue 16 (it gave a stuffing victim a "
+        "flag replay does not give) and its code removed.",
     )
     worker_partition_skew_ms: int = Field(
         30_000,

@@ -117,7 +117,8 @@ def wait_for_flags(env: KafkaRunnerEnv, expected: set[FlagKey], timeout_s: float
 def test_one_worker_gives_the_flags_replay_gives(
     kafka_runner: KafkaRunnerEnv, hot_path: str
 ) -> None:
-    """Both hot paths (worker_hot_path): the batch path is the default, the faust path is kept."""
+    """The batch path, set explicitly (worker_hot_path=batch, the only value since the faust
+    per-message path was retired in issue 16 and its code removed)."""
     kafka_runner.extra_env["FRUSTRATION_WORKER_HOT_PATH"] = hot_path
     lines = stream_lines(300, seed=31)
     expected, expected_alerts = expected_flags(lines)
@@ -253,7 +254,7 @@ def test_worker_serves_faust_and_frustration_metrics(kafka_runner: KafkaRunnerEn
     faust_lines = [line for line in text.splitlines() if line.startswith("faust_")]
     assert any("messages_received" in line for line in faust_lines), "faust's own monitor"
     assert "u34-" not in text, "no user id in metrics"
-    # The stall watch (every 5 s): one input-lag and one stalled series per by-user partition.
+    # The stall watch (every second): one input-lag and one stalled series per partition held.
     wait_for(
         lambda: "frustration_partition_stalled{" in http_text(worker.web_port),
         30,
