@@ -286,8 +286,8 @@ def _add_kafka_commands(sub: Any) -> None:
     p = sub.add_parser(
         "worker",
         help="a Kafka runner worker (faust): events topic in, flags topic out",
-        description="Start a faust-streaming worker: events from the events topic are "
-        "re-partitioned by user_id and run through the detector core; flags, security alerts "
+        description="Start a faust-streaming worker: each partition of the events topic (keyed "
+        "by user_id) is read in batches into its own detector engine; flags, security alerts "
         "and dead letters go to their topics. Start several to share the partitions. Faust's "
         "and frustration_ metrics are served on the web port at /metrics.",
     )

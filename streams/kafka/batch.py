@@ -23,13 +23,13 @@ did not just hand over itself); the state records the offsets it covers, and rea
 there, so an event is never counted twice nor skipped. A record batch is appended by the broker
 whole or not at all, so a crash mid-write leaves the previous state, never half of the next.
 
-Failed logins are still copied to every other partition (source-only copies, as the faust
-path): to a partition of this worker by a direct push, to another worker's through the by-user
-topic. Copies arriving after the receiving partition's watermark only feed the per-IP windows out
-of order, so partitions are kept within `worker_partition_skew_ms` of event time of each other:
-a partition takes in its own events only up to the slowest other partition's progress plus the
-skew. Progress of another worker's partitions comes as marks on the by-user topic, behind the
-copies they cover. A quiet partition with nothing left to read does not hold the others back.
+Failed logins are still copied to every other partition (source-only copies): to a partition of
+this worker by a direct push, to another worker's through the by-user topic. Copies arriving
+after the receiving partition's watermark only feed the per-IP windows out of order, so
+partitions are kept within `worker_partition_skew_ms` of event time of each other: a partition
+takes in its own events only up to the slowest other partition's progress plus the skew.
+Progress of another worker's partitions comes as marks on the by-user topic, behind the copies
+they cover. A quiet partition with nothing left to read does not hold the others back.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COPY_HEADER = "frustration-copy"  # the same header as the faust path's copies
+COPY_HEADER = "frustration-copy"  # marks a source-only copy of a failed login on the hop topic
 PROGRESS_HEADER = "frustration-progress"
 #: Largest state write of one partition (one record batch); the topic allows the same.
 MAX_STATE_BATCH_BYTES = 64 * 1024 * 1024
