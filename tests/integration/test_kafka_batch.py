@@ -22,6 +22,7 @@ from tests.integration.test_kafka_worker import (
     expected_flags,
     flags_on_topic,
     http_metrics,
+    killed_mid_stream,
     stream_lines,
     wait_for_flags,
 )
@@ -251,20 +252,7 @@ def test_a_worker_killed_in_live_traffic_gives_replays_flags(kafka_runner: Kafka
     lines = [orjson.dumps(dict(e, ts=t0 + int(i * 1000 / rate))) for i, e in enumerate(events)]
     expected, _ = expected_flags(lines)
     assert len(expected) >= 10, "the compressed stream still flags clients"
-    worker = kafka_runner.start_worker("worker-a")
-    producer = threading.Thread(target=kafka_runner.produce, args=(lines, rate))
-    producer.start()
-    wait_for(
-        lambda: http_metrics(worker.web_port).get("frustration_events_received_total", 0) > 3_000,
-        60,
-        "3000 events processed",
-        every_s=0.2,
-    )
-    worker.kill()
-    restarted = kafka_runner.start_worker("worker-a")
-    producer.join(120)
-    wait_for_flags(kafka_runner, expected, timeout_s=120)
-    time.sleep(3)
+    restarted = killed_mid_stream(kafka_runner, lines, rate, expected)
     got = flags_on_topic(kafka_runner)
     assert set(got) == expected, "flags differ from replay's"
     late = [r for r in dead_letters(kafka_runner) if r["reason"] == "late"]

@@ -30,6 +30,7 @@ from tests.integration.test_incidents_service import PACE_ENV, outage_failures
 from tests.integration.worker_fixture import (
     PARTITIONS,
     KafkaRunnerEnv,
+    Worker,
     flag_messages,
     read_topic,
     wait_for,
@@ -113,6 +114,28 @@ def wait_for_flags(env: KafkaRunnerEnv, expected: set[FlagKey], timeout_s: float
     )
 
 
+def killed_mid_stream(
+    env: KafkaRunnerEnv, lines: list[bytes], rate: float, expected: set[FlagKey]
+) -> Worker:
+    """Produce `lines` at `rate` to one worker, SIGKILL it once it has taken in 3,000 events,
+    restart it on the same name, and wait for the `expected` flags; returns the restarted one."""
+    worker = env.start_worker("worker-a")
+    producer = threading.Thread(target=env.produce, args=(lines, rate))
+    producer.start()
+    wait_for(
+        lambda: http_metrics(worker.web_port).get("frustration_events_received_total", 0) > 3_000,
+        60,
+        "3000 events processed",
+        every_s=0.2,
+    )
+    worker.kill()
+    restarted = env.start_worker("worker-a")
+    producer.join(120)
+    wait_for_flags(env, expected, timeout_s=180)
+    time.sleep(3)
+    return restarted
+
+
 @pytest.mark.parametrize("hot_path", ["batch"])
 def test_one_worker_gives_the_flags_replay_gives(
     kafka_runner: KafkaRunnerEnv, hot_path: str
@@ -180,21 +203,7 @@ def test_a_worker_killed_mid_stream_loses_no_flag_and_the_queue_holds_each_once(
     sink = service_factory(
         env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "sink"
     )
-    worker = kafka_runner.start_worker("worker-a")
-    producer = threading.Thread(target=kafka_runner.produce, args=(lines, 2_000.0))
-    producer.start()
-    # Kill once the worker has processed part of the stream, then restart it on the same name.
-    wait_for(
-        lambda: http_metrics(worker.web_port).get("frustration_events_received_total", 0) > 3_000,
-        60,
-        "3000 events processed",
-        every_s=0.2,
-    )
-    worker.kill()
-    restarted = kafka_runner.start_worker("worker-a")
-    producer.join(120)
-    wait_for_flags(kafka_runner, expected, timeout_s=180)
-    time.sleep(3)
+    restarted = killed_mid_stream(kafka_runner, lines, 2_000.0, expected)
     got = flags_on_topic(kafka_runner)
     assert set(got) == expected, "no flag lost, none different"
     repeats = sum(Counter(got).values()) - len(set(got))
