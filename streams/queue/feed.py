@@ -213,8 +213,9 @@ class QueueFeed:
                 self.activity.signals.append((now, out.kind))
                 e = out.evidence
                 if isinstance(e, RageClickEvidence):
-                    control = e.label or e.target or "?"
-                    self.activity.add_rage(now, e.page or "?", control)
+                    # An untargeted burst (clicks on one spot of no control) says so, not "?".
+                    control = e.label or e.target or "(no control: untargeted clicks)"
+                    self.activity.add_rage(now, e.page or "(page not sent)", control)
             elif isinstance(out, SecurityAlert):
                 if self.store.add_alert(out) and self.counts_flags:
                     self.metrics.security_alert(out.kind)

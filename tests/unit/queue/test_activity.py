@@ -3,7 +3,20 @@ rage-click" counter held 20k controls after 30 h)."""
 
 from __future__ import annotations
 
-from streams.queue.feed import ACTIVITY_CAP, ACTIVITY_HORIZON_S, RAGE_CONTROLS_CAP, RecentActivity
+import time
+from pathlib import Path
+
+from signals.flags import RageClickEvidence, Signal
+from streams.metrics import FrustrationMetrics
+from streams.queue.feed import (
+    ACTIVITY_CAP,
+    ACTIVITY_HORIZON_S,
+    RAGE_CONTROLS_CAP,
+    QueueFeed,
+    RecentActivity,
+)
+from streams.queue.store import QueueStore
+from streams.settings import Settings
 
 
 def test_rage_controls_are_forgotten_after_the_hour() -> None:
@@ -30,3 +43,15 @@ def test_a_burst_within_the_hour_is_capped() -> None:
     assert len(activity.events) == ACTIVITY_CAP and len(activity.signals) == ACTIVITY_CAP
     # the newest are kept
     assert activity.rage[-1][2] == f"c{RAGE_CONTROLS_CAP * 3 - 1}"
+
+
+def test_an_untargeted_burst_is_named_on_the_ops_page_not_a_question_mark(tmp_path: Path) -> None:
+    """Clicks on one spot of no control (no target, label or page sent) are counted under names
+    an operator can read, not "?" / "?"."""
+    feed = QueueFeed(Settings(), QueueStore(tmp_path / "q.db"), FrustrationMetrics())
+    evidence = RageClickEvidence(rule="burst", clicks=18, bursts=1, span_ms=2_000, max_gap_ms=150)
+    feed.route_outputs([Signal(kind="rage_click", ts=1_795_255_200_000, strength=0.0,
+                               evidence=evidence)])  # fmt: skip
+    assert feed.activity.top_controls(time.time(), 10) == [
+        (("(page not sent)", "(no control: untargeted clicks)"), 1)
+    ]
