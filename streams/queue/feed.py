@@ -42,6 +42,9 @@ ACTIVITY_CAP = 50_000
 #: Rage-click signals counted for "where people rage-click" (the last hour, at most this many).
 RAGE_CONTROLS_CAP = 10_000
 ACTIVITY_HORIZON_S = 3600.0
+#: The control of an untargeted burst (clicks on one spot of no control, a signal of strength 0
+#: by default): counted apart on /ops, not ranked with real controls.
+UNTARGETED = ""
 
 
 @dataclass(slots=True)
@@ -72,10 +75,20 @@ class RecentActivity:
                 buffer.popleft()
 
     def top_controls(self, now: float, n: int) -> list[tuple[tuple[str, str], int]]:
-        """The `n` (page, control) pairs with most rage-click signals in the last hour."""
+        """The `n` (page, control) pairs with most rage-click signals in the last hour
+        (untargeted bursts left out: `untargeted`)."""
         horizon = now - ACTIVITY_HORIZON_S
-        counts = Counter((page, control) for t, page, control in self.rage if t >= horizon)
+        counts = Counter(
+            (page, control)
+            for t, page, control in self.rage
+            if t >= horizon and control != UNTARGETED
+        )
         return counts.most_common(n)
+
+    def untargeted(self, now: float) -> int:
+        """Untargeted bursts in the last hour."""
+        horizon = now - ACTIVITY_HORIZON_S
+        return sum(1 for t, _, control in self.rage if t >= horizon and control == UNTARGETED)
 
 
 class QueueFeed:
@@ -213,8 +226,7 @@ class QueueFeed:
                 self.activity.signals.append((now, out.kind))
                 e = out.evidence
                 if isinstance(e, RageClickEvidence):
-                    # An untargeted burst (clicks on one spot of no control) says so, not "?".
-                    control = e.label or e.target or "(no control: untargeted clicks)"
+                    control = UNTARGETED if e.target is None else e.label or e.target
                     self.activity.add_rage(now, e.page or "(page not sent)", control)
             elif isinstance(out, SecurityAlert):
                 if self.store.add_alert(out) and self.counts_flags:

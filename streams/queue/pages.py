@@ -676,8 +676,15 @@ def ops_page(feed: QueueFeed, context: PageContext) -> str:
             f"<tr><td>{escape(page)}</td><td>{escape(control)}</td><td>{n}</td></tr>"
             for (page, control), n in top
         )
-        or "<tr><td colspan=3 class=muted>no rage clicks in the last hour</td></tr>"
+        or "<tr><td colspan=3 class=muted>no rage clicks on a control in the last hour</td></tr>"
     )
+    untargeted = activity.untargeted(now)
+    if untargeted:
+        top_rows += (
+            f"<tr><td colspan=3 class=muted>and {untargeted} untargeted "
+            f"burst{'s' if untargeted != 1 else ''} (fast clicks on one spot, no control sent: "
+            "counted, never flagged alone)</td></tr>"
+        )
     incident_rows = []
     for i in store.list_incidents(state="open", limit=20):
         due = store.incident_update_due(i, interval)

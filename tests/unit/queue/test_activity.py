@@ -15,6 +15,8 @@ from streams.queue.feed import (
     QueueFeed,
     RecentActivity,
 )
+from streams.queue.pages import PageContext, ops_page
+from streams.queue.security import Identity
 from streams.queue.store import QueueStore
 from streams.settings import Settings
 
@@ -45,13 +47,32 @@ def test_a_burst_within_the_hour_is_capped() -> None:
     assert activity.rage[-1][2] == f"c{RAGE_CONTROLS_CAP * 3 - 1}"
 
 
-def test_an_untargeted_burst_is_named_on_the_ops_page_not_a_question_mark(tmp_path: Path) -> None:
-    """Clicks on one spot of no control (no target, label or page sent) are counted under names
-    an operator can read, not "?" / "?"."""
+def test_untargeted_bursts_are_counted_apart_from_the_controls(tmp_path: Path) -> None:
+    """Clicks on one spot of no control (strength 0: never a flag alone) are not ranked with real
+    controls on /ops, where they would sit above a real "Pay now" problem as "?" / "?"; they are
+    counted on a line of their own."""
     feed = QueueFeed(Settings(), QueueStore(tmp_path / "q.db"), FrustrationMetrics())
-    evidence = RageClickEvidence(rule="burst", clicks=18, bursts=1, span_ms=2_000, max_gap_ms=150)
-    feed.route_outputs([Signal(kind="rage_click", ts=1_795_255_200_000, strength=0.0,
-                               evidence=evidence)])  # fmt: skip
-    assert feed.activity.top_controls(time.time(), 10) == [
-        (("(page not sent)", "(no control: untargeted clicks)"), 1)
-    ]
+    untargeted = RageClickEvidence(rule="burst", clicks=18, bursts=1, span_ms=2_000, max_gap_ms=150)
+    pay = RageClickEvidence(
+        rule="burst",
+        clicks=6,
+        bursts=1,
+        span_ms=500,
+        max_gap_ms=100,
+        target="#pay",
+        label="Pay now",
+        page="/billing",
+    )
+    feed.route_outputs(
+        [Signal(kind="rage_click", ts=1_795_255_200_000, strength=s, evidence=e)
+         for e, s in [(untargeted, 0.0), (untargeted, 0.0), (pay, 1.0)]]
+    )  # fmt: skip
+    now = time.time()
+    assert feed.activity.top_controls(now, 10) == [(("/billing", "Pay now"), 1)]
+    assert feed.activity.untargeted(now) == 2
+    page = ops_page(feed, PageContext(identity=Identity(via="open"), csrf="x", me=None, now=now))
+    assert (
+        "Pay now" in page
+        and "and 2 untargeted bursts" in page
+        and "?" not in page.split("Where people rage-click")[1].split("</table>")[0]
+    )
