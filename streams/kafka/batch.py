@@ -610,7 +610,10 @@ class BatchDetectStage:
         cover) moves clients as the first reading did, never past records still waiting. It is
         never ahead of the wall clock, so a producer whose clock runs fast cannot fire other
         clients' deadlines early. Back-fill clients (dated far from their records' time) are
-        not moved this way (`DetectionEngine.advance_wall`): the idle advance takes them."""
+        not moved this way (`DetectionEngine.advance_wall`): the idle advance takes them.
+        Unlike the service, no `rebase_arrivals` after a restart: what clients sent while the
+        worker was down is on the topic with its timestamps, so a client with nothing there was
+        quiet, and its deadline is due."""
         consumer = self.consumer
         assert consumer is not None
         wall_ms = int(now * 1000)
