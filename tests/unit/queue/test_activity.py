@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from signals.flags import RageClickEvidence, Signal
 from streams.metrics import FrustrationMetrics
 from streams.queue.feed import (
     ACTIVITY_CAP,
@@ -19,6 +18,7 @@ from streams.queue.pages import PageContext, ops_page
 from streams.queue.security import Identity
 from streams.queue.store import QueueStore
 from streams.settings import Settings
+from tests.unit.detectors.test_incidents import rage_signal
 
 
 def test_rage_controls_are_forgotten_after_the_hour() -> None:
@@ -52,21 +52,9 @@ def test_untargeted_bursts_are_counted_apart_from_the_controls(tmp_path: Path) -
     controls on /ops, where they would sit above a real "Pay now" problem as "?" / "?"; they are
     counted on a line of their own."""
     feed = QueueFeed(Settings(), QueueStore(tmp_path / "q.db"), FrustrationMetrics())
-    untargeted = RageClickEvidence(rule="burst", clicks=18, bursts=1, span_ms=2_000, max_gap_ms=150)
-    pay = RageClickEvidence(
-        rule="burst",
-        clicks=6,
-        bursts=1,
-        span_ms=500,
-        max_gap_ms=100,
-        target="#pay",
-        label="Pay now",
-        page="/billing",
-    )
-    feed.route_outputs(
-        [Signal(kind="rage_click", ts=1_795_255_200_000, strength=s, evidence=e)
-         for e, s in [(untargeted, 0.0), (untargeted, 0.0), (pay, 1.0)]]
-    )  # fmt: skip
+    ts = 1_795_255_200_000
+    untargeted = rage_signal(ts, page=None, target=None)
+    feed.route_outputs([untargeted, untargeted, rage_signal(ts)])  # the last on /billing "Pay now"
     now = time.time()
     assert feed.activity.top_controls(now, 10) == [(("/billing", "Pay now"), 1)]
     assert feed.activity.untargeted(now) == 2
