@@ -485,14 +485,18 @@ class BatchDetectStage:
         """Caught up: read to the highwater of the last fetch, and nothing fetched for
         CAUGHT_UP_QUIET_S. Not at once: a partition that is read faster than it is written is
         caught up between every two fetches, and others would run ahead of its copies."""
-        assert self.consumer is not None
-        end = self.consumer.highwater(TopicPartition(self.events_topic, part.partition))
         caught_up = (
-            end is not None
-            and part.events_offset + 1 >= end
+            self._read_to_highwater(self.events_topic, part.partition, part.events_offset)
             and time.time() - part.last_event_wall >= CAUGHT_UP_QUIET_S
         )
         return part.progress(caught_up=caught_up)
+
+    def _read_to_highwater(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether `offset` is the last record of the partition as far as the last fetch knows
+        (False while no fetch has told)."""
+        assert self.consumer is not None
+        end = self.consumer.highwater(TopicPartition(topic, partition))
+        return end is not None and offset + 1 >= end
 
     async def _release(self) -> None:
         """Take in held events, partition by partition, as far as the skew allows; repeat while
@@ -614,30 +618,26 @@ class BatchDetectStage:
         Unlike the service, no `rebase_arrivals` after a restart: what clients sent while the
         worker was down is on the topic with its timestamps, so a client with nothing there was
         quiet, and its deadline is due."""
-        consumer = self.consumer
-        assert consumer is not None
+        assert self.consumer is not None
         wall_ms = int(now * 1000)
         for part in self.parts.values():
             now_ms = part.arrival_ms
-            if not part.held:
-                p = part.partition
-                events_end = consumer.highwater(TopicPartition(self.events_topic, p))
-                hop_end = consumer.highwater(TopicPartition(self.hop_topic, p))
-                if (
-                    events_end is not None
-                    and part.events_offset + 1 >= events_end
-                    and (hop_end is None or part.hop_offset + 1 >= hop_end)
-                ):
-                    now_ms = wall_ms
+            p = part.partition
+            hop_end = self.consumer.highwater(TopicPartition(self.hop_topic, p))
+            if (
+                not part.held
+                and self._read_to_highwater(self.events_topic, p, part.events_offset)
+                and (hop_end is None or part.hop_offset + 1 >= hop_end)
+            ):
+                now_ms = wall_ms
             if now_ms is None:
                 continue
             engine = part.engine
             engine.advance_wall(min(now_ms, wall_ms))
+            # (an output or a released alert changes what the partition's records hold)
+            part.dirty = part.dirty or bool(engine.outbox or engine.changed_users)
             if engine.outbox:
-                part.dirty = True  # (a released alert leaves the partition record)
                 await self._emit(part, engine.drain(), None)
-            elif engine.changed_users:
-                part.dirty = True
 
     async def _dead_letter(self, record: dict[str, Any]) -> None:
         assert self.producer is not None
