@@ -100,7 +100,7 @@ def main() -> None:
         fed_s = time.perf_counter() - started
         users_tracked = len(run.engine.users)
         state_bytes = deep_size(run.engine.users)
-        sources_bytes = deep_size(run.engine.sources)
+        sources_bytes = deep_size(run.engine.judge.sources)
         started = time.perf_counter()
         summary = run.finish()
         replay_s = fed_s + (time.perf_counter() - started)

@@ -8,17 +8,17 @@ across clients has clocks of its own that no single client can drag.
 The data path, for one event::
 
     push(event) ── (user_id, event_id) seen? ──> counted, dropped
-        │   a failed login with an IP ──> the per-IP detectors at once, in the IP's time (in
-        │                                 order, or added out of order by `learn_late`):
-        │                                 CredentialStuffingDetector, BruteForceDetector (per
-        │                                 IP), DistributedStuffingDetector (all IPs); alerts now
+        │   a failed login with an IP ──> the per-IP judgement at once, in the IP's time
+        │                                 (`SourceJudge`, detectors/sources.py): credential
+        │                                 stuffing and account scans, brute force (per IP), a
+        │                                 botnet's surge (all IPs); security alerts
         │   older than *its user's* watermark? ──> LateEvent in the outbox (runners dead-letter it)
         ▼
     the user's reorder buffer ── released once older than the user's watermark
         ▼                        (= newest event time of that user - allowed_lateness_ms, or
         ▼                        moved on by `advance_wall` / `advance_watermark` when it is quiet)
     the user's due login deadline fires first, then the user's detectors:
-        click ─> RageClickDetector      login ─> FailedLoginDetector (per account; asks the IP)
+        click ─> RageClickDetector      login ─> FailedLoginDetector (per account; asks the judge)
         chat  ─> AbruptChatEndDetector
         ▼
     Signal ─> FlagScorer ─> Flag
@@ -50,19 +50,16 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from detectors.abrupt_chat import AbruptChatEndDetector, AbruptChatState
-from detectors.brute_force import BruteForceDetector, BruteForceState
 from detectors.config import DetectionConfig
-from detectors.credential_stuffing import CredentialStuffingDetector, Revision, SourceState
-from detectors.distributed_stuffing import DistributedState, DistributedStuffingDetector
-from detectors.failed_login import FailedLoginDetector, FailedLoginState, SourceVerdict
+from detectors.failed_login import FailedLoginDetector, FailedLoginState
 from detectors.rage_click import RageClickDetector, RageClickState
 from detectors.scoring import FlagScorer, ScoreState
-from detectors.state import dump_state, load_state
+from detectors.sources import SourceJudge
+from detectors.state import dump_state, heap_of, load_state, pop_idle
 from signals.flags import Flag, SecurityAlert, Signal
 from signals.wire import AnyEvent
 
@@ -196,25 +193,13 @@ class DetectionEngine:
         self._alerts_for = alerts_for
         self.rage = RageClickDetector(self.config)
         self.logins = FailedLoginDetector(self.config)
-        self.stuffing = CredentialStuffingDetector(self.config)
-        self.brute = BruteForceDetector(self.config)
-        self.distributed = DistributedStuffingDetector(self.config)
         self.chats = AbruptChatEndDetector(self.config)
         self.scorer = FlagScorer(self.config)
         self.users: dict[str, UserState] = {}
         self.clocks: dict[str, UserClock] = {}
-        self.sources: dict[str, SourceState] = {}
-        self.brute_sources: dict[str, BruteForceState] = {}
-        self.surge = DistributedState()  # the platform's credential failures, for botnets
-        # Per-IP alerts held for a while of their IP's time, by (ip, kind), with whether
-        # credential stuffing already explained them (brute force): a failure that comes out of
-        # order (another client's batch, a Kafka copy from a partition running behind) may still
-        # show the attack crossed its rule earlier, and the alert in-order processing would have
-        # raised is the one given. Brute force is held brute_force_window_ms, credential
-        # stuffing and account scans source_alert_hold_ms.
-        self._held_alerts: dict[tuple[str, str], tuple[SecurityAlert, bool]] = {}
         self.outbox: list[Output] = []
         self.stats = EngineStats()
+        self.judge = SourceJudge(self.config, self.stats, self._raise)  # per-IP, across users
         self._seq = 0
         # Users with buffered events or a pending login deadline (what `advance_wall` visits).
         self._pending: set[str] = set()
@@ -238,11 +223,9 @@ class DetectionEngine:
         # left to keep. Rebuilt from the clocks on restore (`reindex`), not part of the snapshot.
         self._expiry: list[tuple[int, str]] = []
         self._maybe_gone: set[str] = set()
-        # Likewise for forgetting idle users and IPs: (a time at or before its last event, key),
-        # one entry per user / IP, so a sweep looks only at those that may be idle.
+        # Likewise for forgetting idle users: (a time at or before its last event, user_id),
+        # one entry per user, so a sweep looks only at those that may be idle.
         self._idle_users: list[tuple[int, str]] = []
-        self._idle_sources: list[tuple[int, str]] = []
-        self._idle_brute: list[tuple[int, str]] = []
         # Users whose state or clock changed since a runner last took them (`take_changed_users`):
         # what a runner that stores state per user has to write. Not part of the snapshot.
         self.changed_users: set[str] = set()
@@ -293,7 +276,7 @@ class DetectionEngine:
         self._shared = shared
         if self.config.follow_shared_clock:
             self._fire_shared(shared - self._tracker_lag_ms())
-        self._release_alerts(shared)
+        self.judge.release_alerts(shared)
         self._move_quiet(shared)
         if shared - self._last_sweep >= SWEEP_INTERVAL_MS:
             self._sweep(shared)
@@ -408,7 +391,7 @@ class DetectionEngine:
         if source_only:
             self.stats.source_copies += 1
             if self._remembered(ts, None):
-                self._learn_source(event, copy=True)
+                self.judge.learn(event, copy=True)
             else:
                 self.stats.source_copies_late += 1
             if event_id is not None:  # a repeated copy must not count twice in the IP's window
@@ -421,7 +404,7 @@ class DetectionEngine:
         if event_id is not None:
             self._remember(user_id, clock, event_id, ts)
         if event.type == "login" and self._remembered(ts, clock.watermark):
-            self._learn_source(event, copy=False)  # the IP counts even a failure late for its user
+            self.judge.learn(event, copy=False)  # the IP counts even a failure late for its user
         if ts < clock.watermark:
             self.stats.late += 1
             self.outbox.append(LateEvent(event, clock.watermark))
@@ -530,7 +513,7 @@ class DetectionEngine:
                 self._advance_user(user_id, clock, clock.newest + 1)
                 self._fire_until(user_id, clock, END_OF_TIME)
         if idle:
-            self._release_alerts(None)
+            self.judge.release_alerts(None)
         self._update_shared()
 
     @property
@@ -625,7 +608,7 @@ class DetectionEngine:
             if state is not None and state.logins is not None and state.logins.deadline is not None:
                 heapq.heappush(due, (state.logins.deadline, user_id))  # postponed
         self._pending.clear()
-        self._release_alerts(None)
+        self.judge.release_alerts(None)
         self._update_shared()
 
     # -- processing -------------------------------------------------------------------------------
@@ -667,7 +650,7 @@ class DetectionEngine:
             if deadline is None or deadline >= before_ts:
                 return
             self.changed_users.add(user_id)
-            signal = self.logins.advance(state.logins, deadline + 1, self._source_verdict)
+            signal = self.logins.advance(state.logins, deadline + 1, self.judge.verdict)
             if signal is not None:
                 self._signal(state, user_id, signal)
             elif state.logins.deadline is not None and state.logins.deadline != deadline:
@@ -710,109 +693,11 @@ class DetectionEngine:
         if signal is not None:
             self._signal(state, user_id, signal)
 
-    def _learn_source(self, event: AnyEvent, *, copy: bool) -> None:
-        """A failed login with an IP, into the per-IP detectors on arrival, in the IP's own time:
-        in order when it is the IP's newest, else added out of order (`learn_late`), which gives
-        the state and alert in-order processing would have given. The platform-wide surge takes
-        it in its place too (arrival order across clients differs from event time)."""
-        if event.type != "login" or event.outcome != "failure" or event.ip is None:
-            return
-        ip, ts = event.ip, event.ts
-        source = self.sources.get(ip)
-        if source is None:
-            source = self.sources[ip] = SourceState()
-            heapq.heappush(self._idle_sources, (ts, ip))
-        brute_source = self.brute_sources.get(ip)
-        if brute_source is None:
-            brute_source = self.brute_sources[ip] = BruteForceState()
-            heapq.heappush(self._idle_brute, (ts, ip))
-        if not source.failures or ts >= source.last_ts:
-            self._hold(self.stuffing.learn_one(source, event))
-        else:
-            if copy and ts < source.last_ts - self.config.allowed_lateness_ms:
-                self.stats.source_copies_late += 1
-            self._hold(self.stuffing.learn_late(source, event))
-        held = self._held_alerts.get((ip, "brute_force"))
-        if not brute_source.failures or ts >= brute_source.last_ts:
-            brute = self.brute.learn_one(brute_source, event)
-        else:
-            first_before = brute_source.alert_first_ts
-            brute = self.brute.learn_late(brute_source, event)
-            if brute is None and held is not None and brute_source.alert_first_ts < first_before:
-                brute = self.brute.in_order_alert(brute_source, ip)  # the same attack, earlier
-        if brute is not None:
-            if held is not None and brute.first_ts > held[0].first_ts:
-                self._release_alert((ip, "brute_force"))  # a new attack: the held one is final
-            # One alert per attack: when the IP is a credential stuffer, stuffing says it.
-            explained = self.stuffing.is_attack(source, brute.ts)
-            self._held_alerts[(ip, "brute_force")] = (brute, explained)
-        self._release_alerts(brute_source.last_ts, ip)
-        surge = self.surge
-        if surge.window and ts < surge.window[-1][0]:
-            self._raise(self.distributed.learn_late(surge, event))
-        else:
-            self._raise(self.distributed.learn_one(surge, event))
-
-    def _hold(self, out: SecurityAlert | Revision | None) -> None:
-        """A credential-stuffing or account-scan alert waits `source_alert_hold_ms` of its IP's
-        time; a `Revision` replaces the held alert of its attack (one already released stays
-        as it was: counted, not sent twice)."""
-        if out is None:
-            return
-        if isinstance(out, Revision):
-            key = (out.alert.ip, out.alert.kind)
-            if key in self._held_alerts:
-                self._held_alerts[key] = (out.alert, False)
-            else:
-                self.stats.alerts_revised_too_late += 1
-            return
-        key = (out.ip, out.kind)
-        if key in self._held_alerts:
-            self._release_alert(key)  # a new attack: the held one is final
-        self._held_alerts[key] = (out, False)
-
-    def _release_alert(self, key: tuple[str, str]) -> None:
-        alert, explained = self._held_alerts.pop(key)
-        if not explained:
-            self._raise(alert)
-
-    def _release_alerts(self, now_ms: int | None, ip: str | None = None) -> None:
-        """Raise the held alerts whose IP's time (`ip`'s, or the shared clock for all) is their
-        hold past them; every one when `now_ms` is None."""
-        held = self._held_alerts
-        if not held:
-            return
-        c = self.config
-        for key in sorted(k for k in held if ip is None or k[0] == ip):
-            alert = held[key][0]
-            hold = c.brute_force_window_ms if key[1] == "brute_force" else c.source_alert_hold_ms
-            if now_ms is None or now_ms - alert.ts >= hold:
-                self._release_alert(key)
-
     def _raise(self, alert: SecurityAlert | None) -> None:
         if alert is None or (self._alerts_for is not None and not self._alerts_for(alert.ip)):
             return
         self.stats.alerts += 1
         self.outbox.append(alert)
-
-    def _source_verdict(self, ip: str, ts: int, now_ms: int) -> SourceVerdict:
-        """The IP's failure at `ts`, as known at `now_ms`: an attack if any per-IP detector says
-        so; otherwise final once every one of them has decided."""
-        verdicts = []
-        source = self.sources.get(ip)
-        if source is not None:
-            verdicts.append(self.stuffing.verdict(source, ts, now_ms))
-        brute = self.brute_sources.get(ip)
-        if brute is not None:
-            verdicts.append(self.brute.verdict(brute, ts, now_ms))
-        if any(v.attack for v in verdicts):
-            return SourceVerdict(True, ts)
-        if source is not None and self.distributed.is_attack(self.surge, ts):
-            # During a botnet's surge an IP failing for several accounts is one of its sources.
-            window = self.config.stuffing_window_ms
-            if len({a for t, a in source.failures if ts - window <= t <= now_ms}) >= 2:
-                return SourceVerdict(True, ts)
-        return SourceVerdict(False, max((v.decided_at for v in verdicts), default=ts))
 
     def _signal(self, state: UserState, user_id: str, signal: Signal) -> None:
         self.stats.signals[signal.kind] += 1
@@ -833,7 +718,7 @@ class DetectionEngine:
         cooldown ends), their clocks once nothing of theirs is pending, and idle IPs."""
         self._last_sweep = now
         c = self.config
-        idle_users = _pop_idle(self._idle_users, self.users, now - c.user_idle_ttl_ms)
+        idle_users = pop_idle(self._idle_users, self.users, now - c.user_idle_ttl_ms)
         for user_id in idle_users:
             self.changed_users.add(user_id)
             state = self.users[user_id]
@@ -873,10 +758,7 @@ class DetectionEngine:
             self.changed_users.add(user_id)
             del clocks[user_id]
         self._maybe_gone = set()
-        for ip in _pop_idle(self._idle_sources, self.sources, now - self.stuffing.idle_ms):
-            del self.sources[ip]
-        for ip in _pop_idle(self._idle_brute, self.brute_sources, now - self.brute.idle_ms):
-            del self.brute_sources[ip]
+        self.judge.forget_idle(now)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -884,10 +766,10 @@ class DetectionEngine:
         parts = (
             self.users,
             self.clocks,
-            self.sources,
-            self.brute_sources,
-            self.surge,
-            self._held_alerts,
+            self.judge.sources,
+            self.judge.brute_sources,
+            self.judge.surge,
+            self.judge.held_alerts,
             self._seq,
             self._pending,
             self._recent,
@@ -904,10 +786,10 @@ class DetectionEngine:
         (
             self.users,
             self.clocks,
-            self.sources,
-            self.brute_sources,
-            self.surge,
-            self._held_alerts,
+            self.judge.sources,
+            self.judge.brute_sources,
+            self.judge.surge,
+            self.judge.held_alerts,
             self._seq,
             self._pending,
             self._recent,
@@ -924,13 +806,12 @@ class DetectionEngine:
         """Rebuild what is derived from the clocks, after `restore` or after a runner replaced
         `clocks` (the Kafka runner loads them from per-user records)."""
         clocks = self.clocks.items()
-        self._due = _heap((c.due_at, u) for u, c in clocks if c.due_at is not None)
-        self._quiet = _heap((c.quiet_at, u) for u, c in clocks if c.quiet_at is not None)
-        self._expiry = _heap((next(iter(c.seen.values())), u) for u, c in clocks if c.seen)
+        self._due = heap_of((c.due_at, u) for u, c in clocks if c.due_at is not None)
+        self._quiet = heap_of((c.quiet_at, u) for u, c in clocks if c.quiet_at is not None)
+        self._expiry = heap_of((next(iter(c.seen.values())), u) for u, c in clocks if c.seen)
         self._maybe_gone = set(self.clocks)
-        self._idle_users = _heap((s.last_ts, u) for u, s in self.users.items())
-        self._idle_sources = _heap((s.last_ts, ip) for ip, s in self.sources.items())
-        self._idle_brute = _heap((b.last_ts, ip) for ip, b in self.brute_sources.items())
+        self._idle_users = heap_of((s.last_ts, u) for u, s in self.users.items())
+        self.judge.reindex()
         self._born = max([self._born, *(c.born for c in self.clocks.values())])
 
     def take_changed_users(self) -> set[str]:
@@ -942,35 +823,3 @@ class DetectionEngine:
         """Take everything in the outbox."""
         out, self.outbox = self.outbox, []
         return out
-
-
-class _HasLastTs(Protocol):
-    last_ts: int
-
-
-def _heap(entries: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
-    heap = list(entries)
-    heapq.heapify(heap)
-    return heap
-
-
-def _pop_idle(
-    index: list[tuple[int, str]], items: Mapping[str, _HasLastTs], before: int
-) -> list[str]:
-    """The keys of `items` whose last event is before `before`, taken out of `index` (a heap of
-    (time at or before the item's last event, key)); the others it meets are queued again at
-    their last event."""
-    idle: list[str] = []
-    again: dict[str, int] = {}
-    while index and index[0][0] < before:
-        _, key = heapq.heappop(index)
-        item = items.get(key)
-        if item is None or key in again:
-            continue  # forgotten since it was queued
-        if item.last_ts < before:
-            idle.append(key)
-        again[key] = item.last_ts
-    for key, last_ts in again.items():
-        if last_ts >= before:
-            heapq.heappush(index, (last_ts, key))
-    return sorted(idle)

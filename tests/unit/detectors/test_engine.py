@@ -157,7 +157,7 @@ def test_memory_stays_bounded_over_50k_distinct_users_across_hours() -> None:
         if i % 1_000 == 0:
             engine.drain()
             most_users = max(most_users, len(engine.users))
-            most_sources = max(most_sources, len(engine.sources))
+            most_sources = max(most_sources, len(engine.judge.sources))
             most_ids = max(most_ids, sum(len(c.seen) for c in engine.clocks.values()))
             most_clocks = max(most_clocks, len(engine.clocks))
     engine.flush()
@@ -193,9 +193,11 @@ def test_each_sweep_forgets_every_idle_user_and_ip_a_full_scan_would() -> None:
         for state in engine.users.values():
             idle = state.last_ts < now - config.user_idle_ttl_ms
             assert not idle or (state.score is not None and state.clicks is None)
-        assert not any(engine.stuffing.is_idle(s, now) for s in engine.sources.values())
-        assert not any(engine.brute.is_idle(b, now) for b in engine.brute_sources.values())
-    assert sweeps > 300 and len(engine.sources) <= 10  # it swept, and it forgot IPs (of 45)
+        assert not any(engine.judge.stuffing.is_idle(s, now) for s in engine.judge.sources.values())
+        assert not any(
+            engine.judge.brute.is_idle(b, now) for b in engine.judge.brute_sources.values()
+        )
+    assert sweeps > 300 and len(engine.judge.sources) <= 10  # it swept, and it forgot IPs (of 45)
 
 
 def _quiet_user_stream() -> list:
