@@ -22,10 +22,13 @@ on it.
    reaches its engine, duplicates included (the engine drops them afterwards), and not for the
    source-only copies of failed logins: reaching it means every event has been through both
    stages. Then the same with two workers (same app id, their own names, ports and data dirs),
-   timed from the first "Ready". A rebalance while the second joins makes partitions re-read
-   from their last state write, so the two counters' sum can pass the count early: the end then
-   also needs the route stage's committed offsets at the end of the events topic and no
-   consumer lag on either worker. Worker and broker CPU come from /proc.
+   timed from the first "Ready". The first worker to join the group takes every partition until
+   the other joins, and on 100,000 events it may be all but done by then: a run in which one
+   worker took in more than BALANCED_SHARE of the events is run again (TWO_WORKER_ATTEMPTS in
+   all), and a round that never had two workers is not judged. A rebalance while the second
+   joins makes partitions re-read from their last state write, so the two counters' sum can
+   pass the count early: the end then also needs the route stage's committed offsets at the end
+   of the events topic and no consumer lag on either worker. Worker and broker CPU come from /proc.
 
 2. Produce-to-flag latency of live traffic at --latency-rate (5,000 events/s). One worker is
    started on empty topics; a simulated stream is then sent in its arrival order, paced, with
@@ -373,6 +376,14 @@ class ThroughputResult:
     stage_seconds: dict[str, float]
     stage_count: dict[str, float]
     late: float
+    per_worker: list[float] = field(default_factory=list)  # events each worker took in
+
+    @property
+    def mostly_one(self) -> bool:
+        """Whether one worker took in more than BALANCED_SHARE of the events: the first worker to
+        join the group takes every partition until the other joins, and may be done by then."""
+        total = sum(self.per_worker)
+        return len(self.per_worker) > 1 and max(self.per_worker) > BALANCED_SHARE * total
 
 
 def preload(
@@ -467,6 +478,10 @@ def throughput(
             stage_count[k] = stage_count.get(k, 0.0) + v
     if n_workers > 1:
         print(f"  second worker ready {late_ready:.1f} s after the first")
+        # The first worker to join the group takes every partition until the others join: a
+        # large share for one worker means the run was mostly one worker, not two.
+        shares = ", ".join(f"{w.name} {s.received:,.0f}" for w, s in zip(procs, snaps, strict=True))
+        print(f"  events taken in per worker: {shares}")
     if first_event is not None:
         print(
             f"  first event taken in {first_event - started:.1f} s after Ready (group join, "
@@ -484,6 +499,7 @@ def throughput(
         stage_seconds=stage_seconds,
         stage_count=stage_count,
         late=sum(s.late for s in snaps),
+        per_worker=[s.received for s in snaps],
     )
 
 
@@ -843,6 +859,11 @@ def latency_row(r: LatencyResult, window_s: float) -> tuple[str, str, str, bool 
 
 
 # -- main -----------------------------------------------------------------------------------------
+#: A two-worker run in which one worker took in more than this share of the events is retried.
+BALANCED_SHARE = 0.75
+TWO_WORKER_ATTEMPTS = 6
+
+
 def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -969,8 +990,17 @@ def main() -> None:
                         f"{state.partition_bytes:,} bytes of partition records; "
                         f"{state.written_bytes:,} bytes written = {state.bytes_per_s:,.0f} bytes/s"
                     )
-                twos.append(throughput(broker.bootstrap, broker.pid, loaded, valid, 2, tmp))
-                print_throughput(twos[-1], valid)
+                for attempt in range(1, TWO_WORKER_ATTEMPTS + 1):
+                    two = throughput(broker.bootstrap, broker.pid, loaded, valid, 2, tmp)
+                    print_throughput(two, valid)
+                    if not two.mostly_one:
+                        break
+                    print(
+                        f"  one worker took in more than {BALANCED_SHARE:.0%} of the events: "
+                        f"this was one worker, not two (attempt {attempt} of "
+                        f"{TWO_WORKER_ATTEMPTS})"
+                    )
+                twos.append(two)
             assert state is not None
             for b in bases:
                 rows.append(
@@ -999,12 +1029,18 @@ def main() -> None:
             speed = [o.rate / b.rate for o, b in zip(ones, replays, strict=True)]
             scale = [t.rate / o.rate for t, o in zip(twos, ones, strict=True)]
             cpu = [t.cpu_workers / o.cpu_workers for t, o in zip(twos, ones, strict=True)]
+            # A round whose two workers were in fact one says nothing about two: not judged.
+            fair = [c for c, t in zip(cpu, twos, strict=True) if not t.mostly_one]
+            lone = len(cpu) - len(fair)
+            two_label = "CPU per event, 2 workers ÷ 1 worker" + (
+                f" ({lone} round(s) mostly one worker, not judged)" if lone else ""
+            )
             rows += [
                 ("1 worker ÷ replay (events/s)", rounds_text(speed), "≥ 0.5",
                  median(speed) >= 0.5),
                 ("2 workers ÷ 1 worker (events/s)", rounds_text(scale), "", None),
-                ("CPU per event, 2 workers ÷ 1 worker", rounds_text(cpu), "≤ 1.10",
-                 median(cpu) <= 1.10),
+                (two_label, rounds_text(fair) if fair else "not measured", "≤ 1.10",
+                 bool(fair) and median(fair) <= 1.10),
                 ("state at rest per tracked user", f"{state.bytes_per_user:.0f} bytes",
                  "≤ 300 bytes", state.bytes_per_user <= 300),
                 ("state changelog written, 1 worker", f"{state.bytes_per_s:,.0f} bytes/s", "",
