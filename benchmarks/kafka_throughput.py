@@ -22,13 +22,17 @@ on it.
    reaches its engine, duplicates included (the engine drops them afterwards), and not for the
    source-only copies of failed logins: reaching it means every event has been through both
    stages. Then the same with two workers (same app id, their own names, ports and data dirs),
-   timed from the first "Ready". The first worker to join the group takes every partition until
-   the other joins, and on 100,000 events it may be all but done by then: a run in which one
-   worker took in more than BALANCED_SHARE of the events is run again (TWO_WORKER_ATTEMPTS in
-   all), and a round that never had two workers is not judged. A rebalance while the second
-   joins makes partitions re-read from their last state write, so the two counters' sum can
-   pass the count early: the end then also needs the route stage's committed offsets at the end
-   of the events topic and no consumer lag on either worker. Worker and broker CPU come from /proc.
+   on a second broker. With no initial rebalance delay (the first broker's setting, which keeps
+   the one-worker start quick), the first of two workers to join takes every partition and on
+   100,000 events is all but done before the group moves half of them: that measured one
+   worker. The second broker has Kafka's default delay (3 s), so both join the group's first
+   generation; it holds the same events in the same partitions, and the run is timed from when
+   both have their partitions. A run in which one worker still took in more than
+   BALANCED_SHARE of the events is run again (TWO_WORKER_ATTEMPTS in all), and a round that
+   never had two workers is not judged. A rebalance makes partitions re-read from their last
+   state write, so the two counters' sum can pass the count early: the end then also needs the
+   route stage's committed offsets at the end of the events topic and no consumer lag on either
+   worker. Worker and broker CPU come from /proc.
 
 2. Produce-to-flag latency of live traffic at --latency-rate (5,000 events/s). One worker is
    started on empty topics; a simulated stream is then sent in its arrival order, paced, with
@@ -254,6 +258,10 @@ class Worker:
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
 
+    def assigned(self) -> bool:
+        """Whether its detect stage has been given its partitions (logged)."""
+        return "partitions assigned" in self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         """SIGTERM, SIGKILL after 10 s (its state is thrown away with the run anyway)."""
         if self.process.poll() is None:
@@ -376,7 +384,13 @@ class ThroughputResult:
     stage_seconds: dict[str, float]
     stage_count: dict[str, float]
     late: float
+    events: float = 0.0  # events taken in while measured
     per_worker: list[float] = field(default_factory=list)  # events each worker took in
+
+    @property
+    def cpu_us(self) -> float:
+        """Worker CPU per event measured, µs."""
+        return self.cpu_workers / self.events * 1e6
 
     @property
     def mostly_one(self) -> bool:
@@ -436,7 +450,11 @@ def throughput(
     valid: int,
     n_workers: int,
     tmp: Path,
+    *,
+    together: bool = False,
 ) -> ThroughputResult:
+    """`together`: timed from when every worker has its partitions (on a broker that waits for
+    the group's members before its first assignment), not from the first "Ready"."""
     run = Topics(f"{n_workers}w")
     # Same input topic, everything else fresh (app id: consumer group, by-user topic, changelog).
     env = run.env(bootstrap, {"FRUSTRATION_EVENTS_TOPIC": topics.name("events")})
@@ -445,6 +463,14 @@ def throughput(
     names = [f"w{n_workers}-{i}" for i in range(n_workers)]
     with workers(names, env, tmp) as procs:
         started = min(w.ready_at or 0.0 for w in procs)
+        received0 = 0.0
+        if together:
+            while not all(w.assigned() for w in procs):
+                if time.monotonic() - started > READY_TIMEOUT_S:
+                    raise RuntimeError("workers were not given partitions in time")
+                time.sleep(0.02)
+            started = time.monotonic()
+            received0 = sum(w.metrics().received for w in procs)  # the first fetches, if any
         cpu0 = [w.cpu() for w in procs]
         broker0 = cpu_seconds(broker_pid)
         late_ready = max(w.ready_at or 0.0 for w in procs) - started
@@ -488,11 +514,17 @@ def throughput(
             f"state load); from then {valid / max(1e-9, seconds - (first_event - started)):,.0f} "
             "events/s (within 0.2 s)"
         )
+    if together:
+        print(
+            f"  timed from when both had their partitions; {received0:,.0f} events taken in "
+            "before that are not counted"
+        )
     return ThroughputResult(
         app_id=run.app_id,
         workers=n_workers,
         seconds=seconds,
-        rate=valid / seconds,
+        rate=(valid - received0) / seconds,
+        events=valid - received0,
         received=received,
         cpu_workers=cpu,
         cpu_broker=broker_cpu,
@@ -505,14 +537,14 @@ def throughput(
 
 def print_throughput(r: ThroughputResult, valid: int) -> None:
     print(
-        f"{r.workers} worker(s): {valid:,} events in {r.seconds:.1f} s = "
+        f"{r.workers} worker(s): {r.events:,.0f} events in {r.seconds:.1f} s = "
         f"{r.rate:,.0f} events/s "
         f"(counted {r.received:,.0f}: {r.received - valid:,.0f} re-read after a rebalance; "
         f"{r.late:,.0f} late)"
     )
     print(
         f"  CPU while measured: workers {r.cpu_workers / r.seconds:.2f} cores "
-        f"({r.cpu_workers / valid * 1e6:.0f} µs per event), broker "
+        f"({r.cpu_us:.0f} µs per event), broker "
         f"{r.cpu_broker / r.seconds:.2f} cores"
     )
     route, detect = r.stage_seconds.get("route", 0.0), r.stage_seconds.get("detect", 0.0)
@@ -969,6 +1001,24 @@ def main() -> None:
             ]
             for b in bases:
                 print_baseline(b)
+            # Two workers started together on a broker with no initial delay are not two: the
+            # first to join takes every partition and is nearly done before the group moves
+            # half of them. So two-worker runs use a second broker that waits for the group's
+            # members before its first assignment (Kafka's own default, 3 s), loaded with the
+            # same events in the same partitions, and are timed from that assignment.
+            together = load_broker_module().KafkaBroker(
+                overrides={"group.initial.rebalance.delay.ms": "3000"}
+            )
+            together.start()
+            stack.callback(together.stop)
+            loaded2 = Topics("load")
+            n2, valid2 = preload(
+                together.bootstrap, loaded2, args.events, args.seed, tmp / "events2.ndjson"
+            )
+            if (n2, valid2) != (n_loaded, valid) or (tmp / "events2.ndjson").read_bytes() != (
+                ndjson.read_bytes()
+            ):
+                raise RuntimeError("the second broker was not loaded with the same events")
             # Rounds of (replay, 1 worker, 2 workers): each ratio is taken within one round,
             # and the table gives the median over the rounds with every round's figure, as the
             # issue's own table did (medians of 3): one run on a shared machine swings by half.
@@ -991,7 +1041,9 @@ def main() -> None:
                         f"{state.written_bytes:,} bytes written = {state.bytes_per_s:,.0f} bytes/s"
                     )
                 for attempt in range(1, TWO_WORKER_ATTEMPTS + 1):
-                    two = throughput(broker.bootstrap, broker.pid, loaded, valid, 2, tmp)
+                    two = throughput(
+                        together.bootstrap, together.pid, loaded2, valid, 2, tmp, together=True
+                    )
                     print_throughput(two, valid)
                     if not two.mostly_one:
                         break
@@ -1021,14 +1073,13 @@ def main() -> None:
                         f"our worker (batch path), {n} worker{'s' if n > 1 else ''}"
                         + of_rounds(args.rounds),
                         f"{median([r.rate for r in results]):,.0f} events/s",
-                        f"{median([r.cpu_workers / valid * 1e6 for r in results]):.1f} µs "
-                        "CPU/event",
+                        f"{median([r.cpu_us for r in results]):.1f} µs CPU/event",
                         None,
                     )
                 )
             speed = [o.rate / b.rate for o, b in zip(ones, replays, strict=True)]
             scale = [t.rate / o.rate for t, o in zip(twos, ones, strict=True)]
-            cpu = [t.cpu_workers / o.cpu_workers for t, o in zip(twos, ones, strict=True)]
+            cpu = [t.cpu_us / o.cpu_us for t, o in zip(twos, ones, strict=True)]
             # A round whose two workers were in fact one says nothing about two: not judged.
             fair = [c for c, t in zip(cpu, twos, strict=True) if not t.mostly_one]
             lone = len(cpu) - len(fair)
