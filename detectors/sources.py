@@ -37,7 +37,30 @@ class SourceCounts(Protocol):
 class SourceJudge:
     """Per-IP state of failed logins, their security alerts, and the verdict on each failure.
 
-    `emit(alert)` is called for each alert once it is final (after its hold).
+    `emit(alert)` is called for each alert once it is final (after its hold); `stats` receives
+    its counters (the engine passes its `EngineStats`).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from signals.events import LoginEvent
+    >>> alerts = []
+    >>> judge = SourceJudge(
+    ...     DetectionConfig(),
+    ...     SimpleNamespace(alerts_revised_too_late=0, source_copies_late=0),
+    ...     lambda alert: alerts.append(alert) if alert else None,
+    ... )
+    >>> t0 = 1_795_255_200_000
+    >>> for i in range(15):  # one IP, fifteen accounts, a second apart
+    ...     judge.learn(LoginEvent(type="login", user_id=f"victim-{i}", ts=t0 + 1000 * i,
+    ...                            outcome="failure", ip="203.0.113.9"), copy=False)
+    >>> judge.verdict("203.0.113.9", t0 + 3000, now_ms=t0 + 20_000).attack  # a victim's failure
+    True
+    >>> alerts  # held a while of the IP's time, in case a failure comes out of order
+    []
+    >>> judge.release_alerts(t0 + 14_000 + 60_000)
+    >>> [(a.kind, a.distinct_accounts) for a in alerts]
+    [('credential_stuffing', 15)]
     """
 
     def __init__(
