@@ -87,6 +87,10 @@ INF = float("inf")
 CAUGHT_UP_QUIET_S = 0.5
 #: Users whose partition is remembered (the memory is cleared when it is full).
 PARTITION_CACHE_SIZE = 1_000_000
+#: The state reader's first offset lookup waits one retry backoff for its broker connection:
+#: aiokafka's 100 ms default was most of the time a partition assignment took on an empty
+#: changelog (12 ms with this).
+RESTORER_RETRY_BACKOFF_MS = 10
 #: How often live clients' time is moved on with the clock (`_advance_clients`), as the service.
 ADVANCE_EVERY_S = 0.1
 
@@ -217,6 +221,7 @@ class BatchDetectStage:
             bootstrap_servers=bootstrap,
             group_id=None,
             enable_auto_commit=False,
+            retry_backoff_ms=RESTORER_RETRY_BACKOFF_MS,
             max_partition_fetch_bytes=MAX_STATE_BATCH_BYTES,
             fetch_max_bytes=MAX_STATE_BATCH_BYTES,
         )
