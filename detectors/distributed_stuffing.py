@@ -4,6 +4,7 @@ not an outage either."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -114,9 +115,10 @@ class DistributedStuffingDetector:
         newest = window[-1][0]
         if event.ts < newest - self.config.distributed_stuffing_window_ms:
             return None  # already out of the window in order too
-        i = len(window)
-        while i and window[i - 1][0] > event.ts:  # late by little: a few steps from the end
-            i -= 1
+        # After every failure at or before its time: in the Kafka runner a copy from another
+        # worker's partition is up to the skew allowance late, hundreds of failures on a busy
+        # platform, so the place is found by halving, not by stepping back from the end.
+        i = bisect.bisect_right(window, event.ts, key=_ts)
         window.insert(i, (event.ts, event.user_id, event.ip))
         state.accounts[event.user_id] += 1
         state.ips[event.ip] += 1
@@ -194,3 +196,7 @@ class DistributedStuffingDetector:
     def is_attack(self, state: DistributedState, ts: int) -> bool:
         """Whether a distributed attack was on at event time `ts`."""
         return 0 <= state.attack_first_ts <= ts <= state.attack_until
+
+
+def _ts(entry: tuple[int, str, str]) -> int:
+    return entry[0]
