@@ -74,6 +74,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -463,6 +464,7 @@ def throughput(
     names = [f"w{n_workers}-{i}" for i in range(n_workers)]
     with workers(names, env, tmp) as procs:
         started = min(w.ready_at or 0.0 for w in procs)
+        late_ready = max(w.ready_at or 0.0 for w in procs) - started
         received0 = 0.0
         if together:
             while not all(w.assigned() for w in procs):
@@ -473,7 +475,6 @@ def throughput(
             received0 = sum(w.metrics().received for w in procs)  # the first fetches, if any
         cpu0 = [w.cpu() for w in procs]
         broker0 = cpu_seconds(broker_pid)
-        late_ready = max(w.ready_at or 0.0 for w in procs) - started
         first_event: float | None = None
         while True:
             now = time.monotonic()
@@ -510,8 +511,9 @@ def throughput(
         print(f"  events taken in per worker: {shares}")
     if first_event is not None:
         print(
-            f"  first event taken in {first_event - started:.1f} s after Ready (group join, "
-            f"state load); from then {valid / max(1e-9, seconds - (first_event - started)):,.0f} "
+            f"  first event taken in {first_event - started:.1f} s after "
+            f"{'the assignment' if together else 'Ready (group join, state load)'}; from then "
+            f"{(valid - received0) / max(1e-9, seconds - (first_event - started)):,.0f} "
             "events/s (within 0.2 s)"
         )
     if together:
@@ -896,12 +898,6 @@ BALANCED_SHARE = 0.75
 TWO_WORKER_ATTEMPTS = 6
 
 
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def of_rounds(rounds: int) -> str:
     return f", median of {rounds}" if rounds > 1 else ""
 
@@ -910,7 +906,7 @@ def rounds_text(values: Sequence[float]) -> str:
     """The median of per-round figures, and each round's."""
     if len(values) == 1:
         return f"{values[0]:.2f}"
-    return f"{median(values):.2f} (rounds: {', '.join(f'{v:.2f}' for v in values)})"
+    return f"{statistics.median(values):.2f} (rounds: {', '.join(f'{v:.2f}' for v in values)})"
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -1058,12 +1054,12 @@ def main() -> None:
                 rows.append(
                     (b.name, f"{b.rate:,.0f} events/s", f"{b.cpu_us:.1f} µs CPU/event", None)
                 )
-            replay_rate = median([b.rate for b in replays])
+            replay_rate = statistics.median([b.rate for b in replays])
             rows.append(
                 (
                     "frustration replay" + of_rounds(args.rounds),
                     f"{replay_rate:,.0f} events/s",
-                    f"{median([b.cpu_us for b in replays]):.1f} µs CPU/event",
+                    f"{statistics.median([b.cpu_us for b in replays]):.1f} µs CPU/event",
                     None,
                 )
             )
@@ -1072,8 +1068,8 @@ def main() -> None:
                     (
                         f"our worker (batch path), {n} worker{'s' if n > 1 else ''}"
                         + of_rounds(args.rounds),
-                        f"{median([r.rate for r in results]):,.0f} events/s",
-                        f"{median([r.cpu_us for r in results]):.1f} µs CPU/event",
+                        f"{statistics.median([r.rate for r in results]):,.0f} events/s",
+                        f"{statistics.median([r.cpu_us for r in results]):.1f} µs CPU/event",
                         None,
                     )
                 )
@@ -1088,16 +1084,16 @@ def main() -> None:
             )
             rows += [
                 ("1 worker ÷ replay (events/s)", rounds_text(speed), "≥ 0.5",
-                 median(speed) >= 0.5),
+                 statistics.median(speed) >= 0.5),
                 ("2 workers ÷ 1 worker (events/s)", rounds_text(scale), "", None),
                 (two_label, rounds_text(fair) if fair else "not measured", "≤ 1.10",
-                 bool(fair) and median(fair) <= 1.10),
+                 bool(fair) and statistics.median(fair) <= 1.10),
                 ("state at rest per tracked user", f"{state.bytes_per_user:.0f} bytes",
                  "≤ 300 bytes", state.bytes_per_user <= 300),
                 ("state changelog written, 1 worker", f"{state.bytes_per_s:,.0f} bytes/s", "",
                  None),
             ]  # fmt: skip
-            one_rate = median([r.rate for r in ones])
+            one_rate = statistics.median([r.rate for r in ones])
             if args.latency_rate_from_run:
                 rate = fallback = round(one_rate / 2)
 
