@@ -124,6 +124,11 @@ class Part:
     events_offset: int = -1  # newest offset of the events topic taken in
     hop_offset: int = -1  # newest offset of the by-user topic taken in
     held: deque[Held] = field(default_factory=deque)
+    # (offset, event time) of the held records that will send something to other partitions
+    # (failed logins with an IP are copied, another partition's events are forwarded), and the
+    # event time of the newest own event held: what `progress` promises from.
+    held_sends: deque[tuple[int, int]] = field(default_factory=deque)
+    held_newest_ts: int | None = None
     max_pushed_ts: int | None = None
     newest_event_ts: int | None = None
     arrival_ms: int | None = None  # newest record timestamp of its own events taken in
@@ -134,16 +139,51 @@ class Part:
 
     def progress(self, caught_up: bool) -> float:
         """No copy from this partition will come with an older event time (out-of-order input
-        within the lateness aside). `caught_up`: nothing is left to read on its events
-        partition as far as the last fetch knows: it then holds no other partition back (a
-        back-fill that ended there sends no more copies; live traffic comes at the wall clock)."""
-        if self.held:
-            for h in self.held:
-                if h.ts is not None:
-                    return float(h.ts)
+        within the lateness aside).
+
+        Only failed logins with an IP (copied) and other partitions' events (forwarded) send
+        anything to another partition, so while events are held this is the oldest held one of
+        those, or the newest own event held when none is (what follows on the partition comes
+        after it): the other partitions may run on past held clicks and chats, which send
+        nothing. Two workers on a back-fill then wait for a progress mark per failed login or
+        per skew allowance, whichever is longer, not per skew allowance.
+
+        `caught_up`: nothing is left to read on its events partition as far as the last fetch
+        knows: it then holds no other partition back (a back-fill that ended there sends no
+        more copies; live traffic comes at the wall clock)."""
+        sends = self.held_sends
+        next_copy = float(min(ts for _, ts in sends)) if sends else INF
+        if self.held and self.held_newest_ts is not None:
+            return min(next_copy, float(self.held_newest_ts))
         if self.idle or caught_up:
-            return INF
-        return -INF if self.max_pushed_ts is None else float(self.max_pushed_ts)
+            return next_copy
+        if self.max_pushed_ts is None:
+            return -INF
+        return min(next_copy, float(self.max_pushed_ts))
+
+    def hold(self, held: Held) -> None:
+        """A fetched record waits in `held` until the skew bound lets it in."""
+        self.held.append(held)
+        event = held.event
+        if event is not None and (held.ts is None or needs_source_copies(event)):
+            self.held_sends.append((held.offset, event.ts))
+        if held.ts is not None:
+            self.held_newest_ts = held.ts
+
+    def release(self) -> Held:
+        """The oldest held record, to be taken in now."""
+        held = self.held.popleft()
+        sends = self.held_sends
+        if sends and sends[0][0] == held.offset:
+            sends.popleft()
+        if not self.held:
+            self.held_newest_ts = None
+        return held
+
+    def drop_held(self) -> None:
+        self.held.clear()
+        self.held_sends.clear()
+        self.held_newest_ts = None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -336,7 +376,7 @@ class BatchDetectStage:
             self.retired.clear()
             loaded = await self._load([p for p in wanted if p not in kept])
             for part in [*kept.values(), *loaded]:
-                part.held.clear()
+                part.drop_held()
                 part.last_event_wall = time.time()
                 part.idle = False
                 self.parts[part.partition] = part
@@ -443,13 +483,11 @@ class BatchDetectStage:
                 except InvalidEvent as exc:
                     self.metrics.event_invalid(exc.reason)
                     await self._dead_letter(dead_letter_record(raw, exc, source="kafka"))
-                    part.held.append(Held(record.offset, None, raw, None, 0.0))
+                    part.hold(Held(record.offset, None, raw, None, 0.0))
                     continue
                 own = self._partition_of(event.user_id) == part.partition
                 sent_at = record.timestamp / 1000
-                part.held.append(
-                    Held(record.offset, event.ts if own else None, raw, event, sent_at)
-                )
+                part.hold(Held(record.offset, event.ts if own else None, raw, event, sent_at))
             if records:
                 part.idle = False
                 part.last_event_wall = time.time()
@@ -519,7 +557,7 @@ class BatchDetectStage:
                     continue
                 bound = self._bound(part.partition)
                 while held and (held[0].ts is None or held[0].ts <= bound):
-                    h = held.popleft()
+                    h = part.release()
                     if h.event is not None:
                         await self._route(part, h.event, h.raw, h.sent_at)
                     part.events_offset = h.offset
