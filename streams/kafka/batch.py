@@ -125,8 +125,9 @@ class Part:
     hop_offset: int = -1  # newest offset of the by-user topic taken in
     held: deque[Held] = field(default_factory=deque)
     # (offset, event time) of the held records that will send something to other partitions
-    # (failed logins with an IP are copied, another partition's events are forwarded), and the
-    # event time of the newest own event held: what `progress` promises from.
+    # (failed logins with an IP are copied, another partition's events are forwarded), each
+    # older than every one after it (a later, older one removes them: the first is the oldest),
+    # and the event time of the newest own event held: what `progress` promises from.
     held_sends: deque[tuple[int, int]] = field(default_factory=deque)
     held_newest_ts: int | None = None
     max_pushed_ts: int | None = None
@@ -152,7 +153,7 @@ class Part:
         knows: it then holds no other partition back (a back-fill that ended there sends no
         more copies; live traffic comes at the wall clock)."""
         sends = self.held_sends
-        next_copy = float(min(ts for _, ts in sends)) if sends else INF
+        next_copy = float(sends[0][1]) if sends else INF
         if self.held and self.held_newest_ts is not None:
             return min(next_copy, float(self.held_newest_ts))
         if self.idle or caught_up:
@@ -166,7 +167,10 @@ class Part:
         self.held.append(held)
         event = held.event
         if event is not None and (held.ts is None or needs_source_copies(event)):
-            self.held_sends.append((held.offset, event.ts))
+            sends = self.held_sends
+            while sends and sends[-1][1] >= event.ts:
+                sends.pop()  # no longer the oldest of what follows it
+            sends.append((held.offset, event.ts))
         if held.ts is not None:
             self.held_newest_ts = held.ts
 
@@ -516,15 +520,20 @@ class BatchDetectStage:
             part.idle = False
             part.last_event_wall = time.time()
 
-    def _bound(self, partition: int) -> float:
+    def _bound(self, partition: int, progress: dict[int, float] | None = None) -> float:
         """Newest event time partition p may take in now: the slowest other partition's progress
-        plus the skew allowance."""
+        plus the skew allowance. `progress`: this worker's partitions' progress, if known."""
         slowest = INF
         for q in range(self.n):
             if q == partition:
                 continue
             other = self.parts.get(q)
-            value = self._progress(other) if other else self.remote_progress.get(q, -INF)
+            if other is None:
+                value = self.remote_progress.get(q, -INF)
+            elif progress is not None:
+                value = progress[q]
+            else:
+                value = self._progress(other)
             slowest = min(slowest, value)
         return slowest + self.settings.worker_partition_skew_ms
 
@@ -551,17 +560,21 @@ class BatchDetectStage:
         moved = True
         while moved:
             moved = False
+            # (taking one partition's events in can only move the others' progress on, so these
+            # values stay safe for the rest of the pass: at worst too low, which waits a pass)
+            progress = {p: self._progress(part) for p, part in self.parts.items()}
             for part in list(self.parts.values()):
                 held = part.held
                 if not held:
                     continue
-                bound = self._bound(part.partition)
+                bound = self._bound(part.partition, progress)
                 while held and (held[0].ts is None or held[0].ts <= bound):
                     h = part.release()
                     if h.event is not None:
                         await self._route(part, h.event, h.raw, h.sent_at)
                     part.events_offset = h.offset
                     moved = True
+                progress[part.partition] = self._progress(part)
 
     async def _route(self, part: Part, event: AnyEvent, raw: bytes, sent_at: float) -> None:
         """An event read from partition p: its user's partition takes it in; a failed login with
