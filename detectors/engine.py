@@ -800,6 +800,7 @@ class DetectionEngine:
             self._born,
         ) = load_state(blob, STATE_VERSION, "engine state")
         self.changed_users = set()
+        self.judge.changed_ips = set()
         self.reindex()
 
     def reindex(self) -> None:

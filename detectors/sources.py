@@ -89,6 +89,9 @@ class SourceJudge:
         # IPs looks only at those that may be idle. Rebuilt on restore (`reindex`).
         self._idle_ips: list[tuple[int, str]] = []
         self._idle_brute_ips: list[tuple[int, str]] = []
+        # IPs whose per-IP state changed since a runner last took them (`take_changed_ips`):
+        # what a runner that stores state per IP has to write. Not part of the snapshot.
+        self.changed_ips: set[str] = set()
 
     def learn(self, event: AnyEvent, *, copy: bool) -> None:
         """A failed login with an IP, into the per-IP detectors on arrival, in the IP's own time:
@@ -98,6 +101,7 @@ class SourceJudge:
         if event.type != "login" or event.outcome != "failure" or event.ip is None:
             return
         ip, ts = event.ip, event.ts
+        self.changed_ips.add(ip)
         source = self.sources.get(ip)
         if source is None:
             source = self.sources[ip] = SourceState()
@@ -192,8 +196,15 @@ class SourceJudge:
         """Forget the IPs whose state no longer matters at `now` (the shared clock)."""
         for ip in pop_idle(self._idle_ips, self.sources, now - self.stuffing.idle_ms):
             del self.sources[ip]
+            self.changed_ips.add(ip)
         for ip in pop_idle(self._idle_brute_ips, self.brute_sources, now - self.brute.idle_ms):
             del self.brute_sources[ip]
+            self.changed_ips.add(ip)
+
+    def take_changed_ips(self) -> set[str]:
+        """The IPs whose state changed (or was forgotten) since the last call."""
+        changed, self.changed_ips = self.changed_ips, set()
+        return changed
 
     def reindex(self) -> None:
         """Rebuild the idle indexes after the state was restored."""

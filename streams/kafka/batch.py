@@ -56,9 +56,11 @@ from streams.kafka.io import bootstrap_servers, ensure_state_topic, partition_fo
 from streams.kafka.partition_watch import PartitionWatch
 from streams.kafka.partitions import needs_source_copies
 from streams.kafka.user_state import (
+    IP_PREFIX,
     PARTITION_PREFIX,
     USER_PREFIX,
     UserChangelog,
+    decode_ip,
     decode_user,
     encode_partition,
     partition_key,
@@ -420,6 +422,7 @@ class BatchDetectStage:
         for tp in tps:
             restorer.seek(tp, starts[tp])
         users: dict[int, dict[str, Any]] = {p: {} for p in partitions}
+        ips: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
         blobs: dict[int, bytes] = {}
         started = time.monotonic()
         while [tp for tp in tps if await restorer.position(tp) < ends[tp]]:
@@ -433,6 +436,12 @@ class BatchDetectStage:
                             users[tp.partition].pop(user_id, None)
                         else:
                             users[tp.partition][user_id] = record.value
+                    elif key.startswith(IP_PREFIX):
+                        ip = key[len(IP_PREFIX) :].decode()
+                        if record.value is None:
+                            ips[tp.partition].pop(ip, None)
+                        else:
+                            ips[tp.partition][ip] = record.value
                     elif key.startswith(PARTITION_PREFIX) and record.value is not None:
                         blobs[tp.partition] = record.value
             if time.monotonic() - started > 120:
@@ -443,8 +452,9 @@ class BatchDetectStage:
             part = self._new_part(p)
             if p in blobs:
                 states = {u: decode_user(v) for u, v in users[p].items()}
-                offsets = restore_engine(part.engine, blobs[p], states)
-                part.changelog.load(states)
+                ip_states = {ip: decode_ip(v) for ip, v in ips[p].items()}
+                offsets = restore_engine(part.engine, blobs[p], states, ip_states)
+                part.changelog.load(states, ip_states)
                 part.events_offset = offsets.get("events", -1)
                 part.hop_offset = offsets.get("hop", -1)
                 watermark = part.engine.watermark_ms

@@ -15,8 +15,10 @@ from signals.wire import parse_event
 from streams.kafka.user_state import (
     USER_RECORD_FORMAT,
     UserChangelog,
+    decode_ip,
     decode_user,
     encode_partition,
+    ip_key,
     restore_engine,
     user_key,
 )
@@ -33,16 +35,17 @@ class _Changelog:
 
     def __init__(self) -> None:
         self.users: dict[str, bytes] = {}
+        self.ips: dict[str, bytes] = {}
         self.partition: bytes = b""
         self.bytes = 0
 
     def write(self, records: list[tuple[bytes, bytes | None]], partition: bytes) -> None:
         for key, value in records:
-            user_id = key[2:].decode()
+            kept = {b"u:": self.users, b"i:": self.ips}[key[:2]]
             if value is None:
-                self.users.pop(user_id, None)
+                kept.pop(key[2:].decode(), None)
             else:
-                self.users[user_id] = value
+                kept[key[2:].decode()] = value
                 self.bytes += len(value)
         self.partition = partition
 
@@ -77,11 +80,15 @@ def test_a_restored_engine_gives_the_output_of_one_that_never_stopped() -> None:
     # A new process: only what the changelog holds.
     second = DetectionEngine(config)
     users = {u: decode_user(v) for u, v in changelog.users.items()}
-    offsets = restore_engine(second, changelog.partition, users)
+    ips = {ip: decode_ip(v) for ip, v in changelog.ips.items()}
+    offsets = restore_engine(second, changelog.partition, users, ips)
     assert offsets == {"events": half - 1}
     assert set(second.users) == set(first.users)
+    assert second.judge.sources == first.judge.sources and second.judge.sources
+    assert second.judge.brute_sources == first.judge.brute_sources
     log2 = UserChangelog()
-    log2.load(users)
+    log2.load(users, ips)
+    assert log2.changes(second) == [], "what was loaded is what the changelog holds"
     got += _run(lines[half:], second, log2, _Changelog())
     second.flush()
     got += second.drain()
@@ -97,7 +104,11 @@ def test_a_write_carries_only_the_users_that_changed() -> None:
         engine.push(parse_event(line, 65_536))
     engine.drain()
     first = log.changes(engine)
-    assert {k for k, _ in first} == {user_key(u) for u in engine.users.keys() | engine.clocks}
+    ips = engine.judge.sources.keys() | engine.judge.brute_sources
+    assert ips, "the simulation has failed logins with an IP"
+    assert {k for k, _ in first} == {user_key(u) for u in engine.users.keys() | engine.clocks} | {
+        ip_key(ip) for ip in ips
+    }
     assert log.changes(engine) == [], "nothing changed since"
     one = parse_event(lines[-1], 65_536)
     later = one.model_copy(update={"ts": one.ts + 1, "event_id": "later"})
@@ -148,7 +159,41 @@ def test_the_partition_record_is_deflated_and_an_older_one_is_refused_clearly() 
         engine.push(parse_event(line))
     blob = encode_partition(engine, {"events": 7})
     plain = dump_state(USER_RECORD_FORMAT, ({"events": 7}, b""))
-    assert len(blob) < len(zlib.decompress(blob)) / 2  # per-IP windows compress well
+    assert len(blob) < len(zlib.decompress(blob))  # (its per-IP windows are IP records now)
     assert restore_engine(DetectionEngine(), blob, {}) == {"events": 7}
     with pytest.raises(ConfigurationError, match="older build"):
         restore_engine(DetectionEngine(), plain, {})
+
+
+def test_a_write_carries_only_the_ips_that_changed_and_tombstones_forgotten_ones() -> None:
+    engine = DetectionEngine()
+    log = UserChangelog()
+    lines = _events(300)
+    for line in lines:
+        engine.push(parse_event(line, 65_536))
+    log.changes(engine)
+    t = parse_event(lines[-1], 65_536).ts
+    failure = parse_event(
+        orjson.dumps(
+            {"type": "login", "user_id": "u-new", "ts": t, "outcome": "failure",
+             "reason": "bad_password", "ip": "198.51.100.77"}
+        ),
+        65_536,
+    )  # fmt: skip
+    engine.push(failure, source_only=True)  # a copy: only the IP's state changes
+    assert [k for k, _ in log.changes(engine) if k.startswith(b"i:")] == [ip_key("198.51.100.77")]
+    engine.judge.forget_idle(t + 10 * 3_600_000)  # hours later every IP is idle
+    tombstones = [k for k, v in log.changes(engine) if k.startswith(b"i:") and v is None]
+    assert ip_key("198.51.100.77") in tombstones
+    assert not engine.judge.sources and not engine.judge.brute_sources
+
+
+def test_the_partition_record_holds_no_per_ip_windows() -> None:
+    engine = DetectionEngine()
+    for line in _events(300):
+        engine.push(parse_event(line, 65_536))
+    assert engine.judge.sources
+    restored = DetectionEngine()
+    restore_engine(restored, encode_partition(engine, {}), {})
+    assert restored.judge.sources == {} and restored.judge.brute_sources == {}
+    assert engine.judge.sources, "encoding leaves the engine as it was"
