@@ -11,7 +11,7 @@ the hot topic is read here with the client faust is built on, aiokafka, in per-p
         both topics goes to the same member)
         ├─ flags, alerts, dead letters (late / bad) ─> their topics
         └─ every `worker_checkpoint_interval_s` (the partitions in turn): the partition's
-           changed users and its partition record are encoded; then, in the background while
+           changed users and IPs and its partition record are encoded; then, in the background while
            detection goes on, the producer is flushed, they go to <app id>-user-state
            (compacted) as ONE record batch, and the input offsets they cover are committed (one
            write in flight at a time)
@@ -27,7 +27,8 @@ Failed logins are still copied to every other partition (source-only copies): to
 this worker by a direct push, to another worker's through the by-user topic. Copies arriving
 after the receiving partition's watermark only feed the per-IP windows out of order, so
 partitions are kept within `worker_partition_skew_ms` of event time of each other: a partition
-takes in its own events only up to the slowest other partition's progress plus the skew.
+takes in its own events only up to the slowest other partition's progress plus the skew, its
+progress being the time before which it sends nothing more (`Part.progress`).
 Progress of another worker's partitions comes as marks on the by-user topic, behind the copies
 they cover. A quiet partition with nothing left to read does not hold the others back.
 """
