@@ -11,8 +11,8 @@ the hot topic is read here with the client faust is built on, aiokafka, in per-p
         both topics goes to the same member)
         ├─ flags, alerts, dead letters (late / bad) ─> their topics
         └─ every `worker_checkpoint_interval_s` (the partitions in turn): the partition's
-           changed users and IPs and its partition record are encoded; then, in the background while
-           detection goes on, the producer is flushed, they go to <app id>-user-state
+           changed users and IPs and its partition record are encoded; then, in the background
+           while detection goes on, the producer is flushed, they go to <app id>-user-state
            (compacted) as ONE record batch, and the input offsets they cover are committed (one
            write in flight at a time)
 
@@ -149,8 +149,9 @@ class Part:
         anything to another partition, so while events are held this is the oldest held one of
         those, or the newest own event held when none is (what follows on the partition comes
         after it): the other partitions may run on past held clicks and chats, which send
-        nothing. Two workers on a back-fill then wait for a progress mark per failed login or
-        per skew allowance, whichever is longer, not per skew allowance.
+        nothing. Each progress mark then lets two workers on a back-fill run on to the next
+        failed login of the slowest other partition plus the skew allowance, not the skew
+        allowance only.
 
         `caught_up`: nothing is left to read on its events partition as far as the last fetch
         knows: it then holds no other partition back (a back-fill that ended there sends no
@@ -188,6 +189,7 @@ class Part:
         return held
 
     def drop_held(self) -> None:
+        """Forget what was fetched and not taken in (reading resumes after `events_offset`)."""
         self.held.clear()
         self.held_sends.clear()
         self.held_newest_ts = None
