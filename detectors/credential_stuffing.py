@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,40 @@ from detectors.config import DetectionConfig
 from detectors.failed_login import SourceVerdict
 from signals.events import LoginEvent
 from signals.flags import SecurityAlert, SecurityAlertKind
+
+
+@dataclass(slots=True)
+class RecentAccounts:
+    """How many distinct accounts an IP failed for since a horizon that only moves forward:
+    each account's newest failure, and a heap of (time, account) to forget them by. Counting
+    the window's accounts again at every failure cost O(window): one IP failing 16,000 times in
+    5 minutes for 10 accounts took 2 s, growing with the square of the rate.
+
+    >>> recent = RecentAccounts()
+    >>> for ts, account in [(1, "a"), (2, "b"), (3, "a"), (5, "c")]:
+    ...     recent.add(ts, account)
+    >>> recent.count_since(0), recent.count_since(3), recent.count_since(4)
+    (3, 2, 1)
+    """
+
+    newest: dict[str, int] = field(default_factory=dict)
+    heap: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, ts: int, account: str) -> None:
+        """One failure, in any order."""
+        if ts > self.newest.get(account, -1):
+            self.newest[account] = ts
+            heapq.heappush(self.heap, (ts, account))
+
+    def count_since(self, horizon: int) -> int:
+        """Distinct accounts with a failure at or after `horizon` (never less than the horizon
+        of an earlier call: what is before it is forgotten)."""
+        heap, newest = self.heap, self.newest
+        while heap and heap[0][0] < horizon:
+            ts, account = heapq.heappop(heap)
+            if newest.get(account) == ts:
+                del newest[account]
+        return len(newest)
 
 
 @dataclass(slots=True)
@@ -30,6 +65,9 @@ class SourceState:
     scan_first_ts: int = -1
     scan_alert_ts: int = -1
     scan_until_before: int = -1
+    # The accounts of `failures` and `unknown` in the rule's window, counted as they come.
+    accounts: RecentAccounts = field(default_factory=RecentAccounts)
+    unknown_accounts: RecentAccounts = field(default_factory=RecentAccounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +133,19 @@ class CredentialStuffingDetector:
         failures = state.failures
         _forget_before(failures, ts - self._kept_ms)
         failures.append((ts, event.user_id))
+        state.accounts.add(ts, event.user_id)
         scan = self._learn_scan(state, event)
         if state.attack_until >= ts:
             state.attack_until = ts + c.stuffing_hold_ms  # the attack goes on
             return None
-        window = _in_window(failures, ts - c.stuffing_window_ms)
-        accounts = {f[1] for f in window}
-        if len(accounts) < c.stuffing_min_accounts:
+        accounts = state.accounts.count_since(ts - c.stuffing_window_ms)
+        if accounts < c.stuffing_min_accounts:
             return scan
+        window = _in_window(failures, ts - c.stuffing_window_ms)
         state.until_before, state.attack_until = state.attack_until, ts + c.stuffing_hold_ms
         first = window[0][0]
         state.alert_first_ts, state.alert_ts = first, ts
-        return self._alert(event.ip or "", ts, len(accounts), len(window), first)
+        return self._alert(event.ip or "", ts, accounts, len(window), first)
 
     def _learn_scan(self, state: SourceState, event: LoginEvent) -> SecurityAlert | None:
         """The account-scan rule for one failure in event-time order (see the class)."""
@@ -120,20 +159,21 @@ class CredentialStuffingDetector:
                 state.scan_until = ts + c.stuffing_hold_ms  # the scan goes on
             return None
         unknown.append((ts, event.user_id))
+        state.unknown_accounts.add(ts, event.user_id)
         if state.scan_until >= ts:
             state.scan_until = ts + c.stuffing_hold_ms
             return None
-        window = _in_window(unknown, horizon)
-        names = {account for _, account in window}
-        if len(names) < c.stuffing_min_unknown_accounts:
+        names = state.unknown_accounts.count_since(horizon)
+        if names < c.stuffing_min_unknown_accounts:
             return None
+        window = _in_window(unknown, horizon)
         state.scan_until_before, state.scan_until = state.scan_until, ts + c.stuffing_hold_ms
         # The alert starts at the IP's first failure in the window, whatever its reason.
         first = state.scan_first_ts = _in_window(state.failures, horizon)[0][0]
         state.scan_alert_ts = ts
         if self._stuffing(state, ts):
             return None  # one alert per attack: credential stuffing has said it
-        return self._alert(event.ip or "", ts, len(names), len(window), first, "account_scan")
+        return self._alert(event.ip or "", ts, names, len(window), first, "account_scan")
 
     def _alert(
         self,
@@ -166,6 +206,7 @@ class CredentialStuffingDetector:
         already alerted crossed the rule earlier, the in-order alert comes as a `Revision`.
         Several partitions may raise the same alert; it is idempotent by alert_id."""
         bisect.insort(state.failures, (event.ts, event.user_id))
+        state.accounts.add(event.ts, event.user_id)
         state.last_ts = max(state.last_ts, event.ts)
         stuffing = self._stuffing_late(state, event)
         scan = self._scan_late(state, event)
@@ -201,6 +242,7 @@ class CredentialStuffingDetector:
             return None
         unknown = state.unknown
         bisect.insort(unknown, (event.ts, event.user_id))
+        state.unknown_accounts.add(event.ts, event.user_id)
         for start, end, end_ts, names in _windows(unknown, c.stuffing_window_ms):
             if names < c.stuffing_min_unknown_accounts or end_ts < event.ts:
                 continue

@@ -1,0 +1,55 @@
+"""The credential-stuffing rule counts an IP's distinct accounts as failures come
+(`RecentAccounts`), not by walking its whole window at every failure: the count must be what
+walking the window gives, in order and out of order, and a flood from one IP on few accounts
+must still give the alert walking gave."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.credential_stuffing import CredentialStuffingDetector, RecentAccounts, SourceState
+from tests.unit.builders import SECOND, login
+
+WINDOW = 300
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2_000), st.sampled_from("abcdefgh"), st.integers(0, 400)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_count_is_the_distinct_accounts_of_the_window(
+    failures: list[tuple[int, str, int]],
+) -> None:
+    """Each step adds a failure (up to 400 before the newest one: out of order) and counts
+    since a horizon that only moves forward, as the rule does."""
+    recent = RecentAccounts()
+    seen: list[tuple[int, str]] = []
+    newest = 0
+    for step, account, back in failures:
+        newest += step
+        ts = max(0, newest - back)
+        recent.add(ts, account)
+        seen.append((ts, account))
+        horizon = newest - WINDOW
+        expected = len({a for t, a in seen if t >= horizon})
+        assert recent.count_since(horizon) == expected
+
+
+def test_a_flood_from_one_ip_on_few_accounts_then_many_gives_the_alert_walking_gave() -> None:
+    detector, state = CredentialStuffingDetector(), SourceState()
+    ip = "203.0.113.66"
+    # 20,000 failures in 5 minutes on 10 accounts (below the rule's 15), then 5 new accounts.
+    events = [login(i * 15, f"acct-{i % 10}", ip=ip) for i in range(20_000)]
+    events += [login(300 * SECOND + i, f"new-{i}", ip=ip) for i in range(5)]
+    alerts = [a for a in (detector.learn_one(state, e) for e in events) if a is not None]
+    assert [(a.kind, a.distinct_accounts, a.ts) for a in alerts] == [
+        ("credential_stuffing", 15, events[-1].ts)
+    ]
+    in_window = [e for e in events if e.ts >= events[-1].ts - detector.config.stuffing_window_ms]
+    assert alerts[0].failures == len(in_window)
+    assert alerts[0].first_ts == in_window[0].ts
