@@ -176,15 +176,19 @@ class SourceJudge:
     def verdict(self, ip: str, ts: int, now_ms: int) -> SourceVerdict:
         """The IP's failure at `ts`, as known at `now_ms`: an attack if any per-IP detector says
         so; otherwise final once every one of them has decided."""
-        verdicts = []
         source = self.sources.get(ip)
+        brute = self.brute_sources.get(ip)
+        # An attacker first, before the suspect checks, which walk the IP's failures: a flood
+        # from one IP asks this for every attempt of every account it hits.
+        if (source is not None and self.stuffing.is_attack(source, ts)) or (
+            brute is not None and self.brute.is_attack(brute, ts)
+        ):
+            return SourceVerdict(True, ts)
+        verdicts = []
         if source is not None:
             verdicts.append(self.stuffing.verdict(source, ts, now_ms))
-        brute = self.brute_sources.get(ip)
         if brute is not None:
             verdicts.append(self.brute.verdict(brute, ts, now_ms))
-        if any(v.attack for v in verdicts):
-            return SourceVerdict(True, ts)
         if source is not None and self.distributed.is_attack(self.surge, ts):
             # During a botnet's surge an IP failing for several accounts is one of its sources.
             window = self.config.stuffing_window_ms

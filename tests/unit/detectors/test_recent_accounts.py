@@ -53,3 +53,44 @@ def test_a_flood_from_one_ip_on_few_accounts_then_many_gives_the_alert_walking_g
     in_window = [e for e in events if e.ts >= events[-1].ts - detector.config.stuffing_window_ms]
     assert alerts[0].failures == len(in_window)
     assert alerts[0].first_ts == in_window[0].ts
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 20_000), st.sampled_from(["a", "b", "c", "root"])),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(0, 400_000),
+)
+def test_the_judges_verdict_is_what_every_detectors_verdict_together_says(
+    steps: list[tuple[int, str]], ask_back: int
+) -> None:
+    """`SourceJudge.verdict` answers an attacker before walking anything; the answer must be
+    what asking each detector gives (any attack is an attack, else the latest decision)."""
+    from types import SimpleNamespace
+
+    from detectors.config import DetectionConfig
+    from detectors.sources import SourceJudge
+
+    judge = SourceJudge(
+        DetectionConfig(),
+        SimpleNamespace(alerts_revised_too_late=0, source_copies_late=0),
+        lambda alert: None,
+    )
+    ip, ts = "198.51.100.4", 1_795_255_200_000
+    for gap, account in steps:
+        ts += gap
+        judge.learn(login(0, account, ip=ip).model_copy(update={"ts": ts}), copy=False)
+    for asked in (ts - ask_back, ts):
+        verdicts = [
+            judge.stuffing.verdict(judge.sources[ip], asked, ts),
+            judge.brute.verdict(judge.brute_sources[ip], asked, ts),
+        ]
+        expected = (
+            (True, asked)
+            if any(v.attack for v in verdicts)
+            else (False, max(v.decided_at for v in verdicts))
+        )
+        assert tuple(judge.verdict(ip, asked, ts)) == expected
