@@ -65,9 +65,12 @@ class SourceState:
     scan_first_ts: int = -1
     scan_alert_ts: int = -1
     scan_until_before: int = -1
-    # The accounts of `failures` and `unknown` in the rule's window, counted as they come.
+    # The accounts of `failures` and `unknown` in the rule's window, counted as they come, and
+    # in all they keep (a late failure that cannot reach the rule then walks nothing).
     accounts: RecentAccounts = field(default_factory=RecentAccounts)
     unknown_accounts: RecentAccounts = field(default_factory=RecentAccounts)
+    kept_accounts: RecentAccounts = field(default_factory=RecentAccounts)
+    kept_unknown: RecentAccounts = field(default_factory=RecentAccounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,8 @@ class CredentialStuffingDetector:
         _forget_before(failures, ts - self._kept_ms)
         failures.append((ts, event.user_id))
         state.accounts.add(ts, event.user_id)
+        state.kept_accounts.add(ts, event.user_id)
+        state.kept_accounts.count_since(ts - self._kept_ms)
         scan = self._learn_scan(state, event)
         if state.attack_until >= ts:
             state.attack_until = ts + c.stuffing_hold_ms  # the attack goes on
@@ -156,12 +161,14 @@ class CredentialStuffingDetector:
         unknown = state.unknown
         horizon = ts - c.stuffing_window_ms
         _forget_before(unknown, ts - self._kept_ms)
+        state.kept_unknown.count_since(ts - self._kept_ms)
         if event.reason not in c.login_nonexistent_account_reasons:
             if state.scan_until >= ts:
                 state.scan_until = ts + c.stuffing_hold_ms  # the scan goes on
             return None
         unknown.append((ts, event.user_id))
         state.unknown_accounts.add(ts, event.user_id)
+        state.kept_unknown.add(ts, event.user_id)
         if state.scan_until >= ts:
             state.scan_until = ts + c.stuffing_hold_ms
             return None
@@ -209,6 +216,7 @@ class CredentialStuffingDetector:
         Several partitions may raise the same alert; it is idempotent by alert_id."""
         bisect.insort(state.failures, (event.ts, event.user_id))
         state.accounts.add(event.ts, event.user_id)
+        state.kept_accounts.add(event.ts, event.user_id)
         state.last_ts = max(state.last_ts, event.ts)
         stuffing = self._stuffing_late(state, event)
         scan = self._scan_late(state, event)
@@ -217,6 +225,21 @@ class CredentialStuffingDetector:
     def _stuffing_late(
         self, state: SourceState, event: LoginEvent
     ) -> SecurityAlert | Revision | None:
+        failures = state.failures
+        if len(state.kept_accounts.newest) < self.config.stuffing_min_accounts:
+            return None  # no window of what is kept reaches the rule
+        if 0 <= state.alert_first_ts <= state.alert_ts <= event.ts and (
+            failures[-1][0] <= state.attack_until
+        ):
+            return None  # inside the attack already alerted, to its newest failure: the same
+        return self._stuffing_walk(state, event)
+
+    def _stuffing_walk(
+        self, state: SourceState, event: LoginEvent
+    ) -> SecurityAlert | Revision | None:
+        """Every window of the IP's failures that ends at or after the late one, in turn: the
+        first that crosses the rule and is not the attack already alerted. O(failures kept);
+        `_stuffing_late` calls it only when a window may cross."""
         c = self.config
         failures = state.failures
         for start, end, end_ts, accounts in _windows(failures, c.stuffing_window_ms):
@@ -245,6 +268,19 @@ class CredentialStuffingDetector:
         unknown = state.unknown
         bisect.insort(unknown, (event.ts, event.user_id))
         state.unknown_accounts.add(event.ts, event.user_id)
+        state.kept_unknown.add(event.ts, event.user_id)
+        if len(state.kept_unknown.newest) < c.stuffing_min_unknown_accounts:
+            return None  # no window of what is kept reaches the rule
+        if 0 <= state.scan_first_ts <= state.scan_alert_ts <= event.ts and (
+            unknown[-1][0] <= state.scan_until
+        ):
+            return None  # inside the scan already alerted, to its newest failure: the same
+        return self._scan_walk(state, event)
+
+    def _scan_walk(self, state: SourceState, event: LoginEvent) -> SecurityAlert | Revision | None:
+        """As `_stuffing_walk`, for the account-scan rule."""
+        c = self.config
+        unknown = state.unknown
         for start, end, end_ts, names in _windows(unknown, c.stuffing_window_ms):
             if names < c.stuffing_min_unknown_accounts or end_ts < event.ts:
                 continue

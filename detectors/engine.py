@@ -65,8 +65,8 @@ from signals.wire import AnyEvent
 
 #: Bump when the layout of the state changes, so an old checkpoint is refused, not misread.
 #: 6: clocks' birth order; 7: each clock's due and quiet times, not the queues; 8: per-IP account
-#: counts (`RecentAccounts`)
-STATE_VERSION = 8
+#: counts (`RecentAccounts`); 9: and of all an IP keeps
+STATE_VERSION = 9
 
 #: How often (shared event time) idle users are swept out of memory.
 SWEEP_INTERVAL_MS = 60_000

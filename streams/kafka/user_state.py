@@ -42,8 +42,8 @@ from signals.exceptions import ConfigurationError
 
 #: Bump when the record layout below changes (the engine's own STATE_VERSION guards the rest).
 #: 3: ids packed; 4: clocks keep due and quiet times, partition deflated; 5: IP records; 6: IP
-#: records count their accounts as they come.
-USER_RECORD_FORMAT = 6
+#: records count their accounts as they come; 7: in the window and in all they keep.
+USER_RECORD_FORMAT = 7
 #: The engine's attributes that hold one entry per user, moved out into the user records.
 PER_USER_ATTRS = ("users", "clocks")
 #: The source judge's attributes that hold one entry per IP, moved out into the IP records.

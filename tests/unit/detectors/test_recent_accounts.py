@@ -5,6 +5,9 @@ must still give the alert walking gave."""
 
 from __future__ import annotations
 
+import bisect
+import copy
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +97,51 @@ def test_the_judges_verdict_is_what_every_detectors_verdict_together_says(
             else (False, max(v.decided_at for v in verdicts))
         )
         assert tuple(judge.verdict(ip, asked, ts)) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30_000),  # time step of the stream
+            st.integers(0, 40),  # account
+            st.booleans(),  # a name that does not exist
+            st.integers(0, 200_000),  # how late it comes (0: in order)
+        ),
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_a_late_failure_gives_what_walking_every_window_gives(
+    steps: list[tuple[int, int, bool, int]],
+) -> None:
+    """`learn_late` skips the walk when no window can cross the rule or the attack already
+    alerted covers everything from the late failure on; the full walk (`_stuffing_walk`,
+    `_scan_walk`) on a copy of the same state must then give the same (nothing, and no change)."""
+    detector = CredentialStuffingDetector()
+    state = SourceState()
+    ip, ts = "198.51.100.9", 1_795_255_200_000
+    for step, account, unknown, back in steps:
+        ts += step
+        reason = "invalid_user" if unknown else "bad_password"
+        event = login(0, f"acct-{account}", ip=ip, reason=reason).model_copy(
+            update={"ts": max(0, ts - back)}
+        )
+        if not state.failures or event.ts >= state.last_ts:
+            detector.learn_one(state, event)
+            continue
+        walked = copy.deepcopy(state)
+        got = detector.learn_late(state, event)
+        # The same insertion, then both walks with no shortcut.
+        bisect.insort(walked.failures, (event.ts, event.user_id))
+        walked.last_ts = max(walked.last_ts, event.ts)
+        stuffing = detector._stuffing_walk(walked, event)
+        scan = None
+        if reason == "invalid_user":
+            bisect.insort(walked.unknown, (event.ts, event.user_id))
+            scan = detector._scan_walk(walked, event)
+        assert got == (stuffing or scan)
+        for name in ("failures", "unknown", "attack_until", "alert_first_ts", "alert_ts",
+                     "until_before", "scan_until", "scan_first_ts", "scan_alert_ts",
+                     "scan_until_before"):  # fmt: skip
+            assert getattr(state, name) == getattr(walked, name), name
