@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import orjson
 import pytest
 
+from detectors.abrupt_chat import AbruptChatState, ChatState
 from detectors.config import DetectionConfig
-from detectors.engine import DetectionEngine
+from detectors.engine import DetectionEngine, UserClock, UserState
+from detectors.failed_login import FailedLoginState
+from detectors.rage_click import RageClickState
+from detectors.scoring import ScoreState
 from detectors.state import dump_state
 from signals.exceptions import ConfigurationError
+from signals.flags import RageClickEvidence, Signal
 from signals.wire import parse_event
 from streams.kafka.user_state import (
     USER_RECORD_FORMAT,
@@ -18,6 +24,7 @@ from streams.kafka.user_state import (
     decode_ip,
     decode_user,
     encode_partition,
+    encode_user,
     ip_key,
     restore_engine,
     user_key,
@@ -197,3 +204,68 @@ def test_the_partition_record_holds_no_per_ip_windows() -> None:
     restore_engine(restored, encode_partition(engine, {}), {})
     assert restored.judge.sources == {} and restored.judge.brute_sources == {}
     assert engine.judge.sources, "encoding leaves the engine as it was"
+
+
+def test_every_field_of_a_users_state_and_clock_survives_its_record() -> None:
+    """A record is the state classes' field values by position: a field added, removed or moved
+    in any of them must still come back as it was (every field here differs from its default)."""
+    t0 = 1_795_255_200_000
+    click = parse_event(
+        orjson.dumps({"type": "click", "user_id": "u1", "ts": t0, "target": "#pay", "x": 3})
+    )
+    signal = Signal(
+        kind="rage_click",
+        ts=t0,
+        strength=1.0,
+        evidence=RageClickEvidence(rule="burst", clicks=6, bursts=1, span_ms=500, max_gap_ms=90),
+    )
+    state = UserState(
+        t0,
+        RageClickState(
+            "#pay",
+            "/billing",
+            1.5,
+            2.5,
+            t0 - 9,
+            t0 - 1,
+            4,
+            120,
+            2,
+            True,
+            3,
+            ("/billing", "#pay"),
+            4.5,
+            5.5,
+            [(t0 - 90_000, 3)],
+        ),
+        FailedLoginState([(t0 - 5, "bad_password", "10.0.0.1")], t0 - 5, "locked", t0 + 9, t0 + 1),
+        AbruptChatState({"c1": ChatState(t0 - 60_000, t0 - 30_000, 2, 1, "web")}, (t0, "c0")),
+        ScoreState(
+            [signal], "flag-1", t0 - 7, t0 - 6, t0 - 5, "medium", frozenset({"x"}), 2, [signal]
+        ),
+    )
+    clock = UserClock(
+        t0,
+        t0 - 250,
+        t0 + 3,
+        t0 - 100,
+        [(t0, "e1", 7, click)],
+        {11: t0, 2**64 - 1: t0 - 4},
+        5,
+        t0 + 250,
+        t0 - 1,
+    )
+    parts = [state, state.clicks, state.logins, state.chats, state.chats.chats["c1"], state.score]
+    for part in [*parts, clock]:  # so that a field read into its neighbour's place shows
+        for field in dataclasses.fields(part):
+            default = field.default_factory() if callable(field.default_factory) else field.default
+            assert getattr(part, field.name) != default, f"{type(part).__name__}.{field.name}"
+    for record in [(state, clock), (state, None), (None, clock)]:
+        assert decode_user(encode_user(record)) == record
+    assert decode_user(encode_user((None, UserClock(t0, t0)))) == (None, UserClock(t0, t0))
+
+
+def test_a_user_record_of_an_older_format_is_refused_clearly() -> None:
+    blob = encode_user((UserState(1_795_255_200_000), None))
+    with pytest.raises(ValueError, match=f"this build reads {USER_RECORD_FORMAT}"):
+        decode_user(bytes([USER_RECORD_FORMAT - 1]) + blob[1:])
