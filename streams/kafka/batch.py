@@ -196,14 +196,26 @@ class Part:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The stage's rebalance callbacks. aiokafka logs what they raise and goes on: a worker
+    whose partition's state could not be loaded kept running with that partition's events
+    fetched and skipped (no flag, no error). What they raise stops the detect loop instead."""
+
     def __init__(self, stage: BatchDetectStage) -> None:
         self.stage = stage
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.stage.on_revoked(revoked)
+        try:
+            await self.stage.on_revoked(revoked)
+        except Exception as exc:
+            self.stage.failure = exc
+            raise
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.stage.on_assigned(assigned)
+        try:
+            await self.stage.on_assigned(assigned)
+        except Exception as exc:
+            self.stage.failure = exc
+            raise
 
 
 class BatchDetectStage:
@@ -230,6 +242,7 @@ class BatchDetectStage:
         self.state_bytes_written = 0
         self._stopping = False
         self._stopped = asyncio.Event()
+        self.failure: Exception | None = None  # raised by a rebalance callback: the loop stops
         self._last_write = time.time()
         self._last_advance = 0.0
         self._write_task: asyncio.Task[None] | None = None  # the state write in flight
@@ -298,6 +311,8 @@ class BatchDetectStage:
         try:
             while not self._stopping:
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=FETCH_MAX_RECORDS)
+                if self.failure is not None:
+                    raise self.failure
                 async with self.lock:
                     if batches:
                         await self._take(batches)

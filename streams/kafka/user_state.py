@@ -214,7 +214,12 @@ def decode_user(blob: bytes) -> UserRecord:
 
 def _check_format(blob: bytes, what: str) -> None:
     if not blob or blob[0] != USER_RECORD_FORMAT:
-        raise ValueError(f"{what} format {blob[:1]!r}, this build reads {USER_RECORD_FORMAT}")
+        found = blob[0] if blob else "(empty)"
+        raise ConfigurationError(
+            f"{what} format {found}, this build reads {USER_RECORD_FORMAT}: the state "
+            "changelog was written by another build (to start from fresh state, delete the "
+            "<app id>-user-state topic)"
+        )
 
 
 #: One IP's record: its credential-stuffing and its brute-force state (either may be absent).

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from streams.kafka.io import partition_for
-from streams.kafka.user_state import decode_user
+from streams.kafka.user_state import USER_RECORD_FORMAT, decode_user
 from streams.lab.simulator import Simulator
 from streams.replay import replay_lines
 from tests.integration.test_kafka_worker import (
@@ -276,3 +276,33 @@ def _users_processed(records: list[tuple[int, int, bytes, bytes | None]]) -> set
 def _users_written(records: list[tuple[int, int, bytes, bytes | None]]) -> set[str]:
     """The users with a record among changelog `records` (partition, offset, key, value)."""
     return {key[2:].decode() for _, _, key, _ in records if key.startswith(b"u:")}
+
+
+def test_a_worker_that_cannot_load_its_state_stops_with_the_reason_instead_of_going_silent(
+    kafka_runner: KafkaRunnerEnv,
+) -> None:
+    """A partition whose changelog holds a record of an older build cannot be loaded. aiokafka
+    logs a failed partition assignment and goes on, so the worker used to stay up with that
+    partition's events fetched and skipped: no flag, no error. It must exit with the reason."""
+    from kafka import KafkaProducer
+
+    lines = stream_lines(60, seed=41)
+    worker = kafka_runner.start_worker("worker-a")
+    kafka_runner.produce(lines)
+    wait_for_flags(kafka_runner, expected_flags(lines)[0])
+    worker.stop()  # a clean stop writes every partition's state
+    partition, _, key, value = next(r for r in state_records(kafka_runner) if r[2][:2] == b"u:")
+    assert value is not None and value[0] == USER_RECORD_FORMAT
+    producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
+    try:  # the same user's record as an older build wrote it (its first byte is the format)
+        old = bytes([USER_RECORD_FORMAT - 1]) + value[1:]
+        producer.send(f"app-{kafka_runner.suffix}-user-state", key=key, value=old,
+                      partition=partition)  # fmt: skip
+        producer.flush()
+    finally:
+        producer.close()
+    restarted = kafka_runner.start_worker("worker-a", wait=False)
+    wait_for(lambda: restarted.process.poll() is not None, 90, "the worker to exit")
+    assert restarted.process.returncode != 0
+    log = restarted.log()
+    assert f"user record format {USER_RECORD_FORMAT - 1}, this build reads" in log, log[-3000:]

@@ -267,5 +267,5 @@ def test_every_field_of_a_users_state_and_clock_survives_its_record() -> None:
 
 def test_a_user_record_of_an_older_format_is_refused_clearly() -> None:
     blob = encode_user((UserState(1_795_255_200_000), None))
-    with pytest.raises(ValueError, match=f"this build reads {USER_RECORD_FORMAT}"):
+    with pytest.raises(ConfigurationError, match=f"this build reads {USER_RECORD_FORMAT}"):
         decode_user(bytes([USER_RECORD_FORMAT - 1]) + blob[1:])
