@@ -8,10 +8,10 @@ A partition's engine is written to a compacted changelog topic as:
   at rest; about 510 for a client active in the last dedup window, most of it the 8-byte keys
   of its remembered event ids); a user the engine forgot gets a tombstone;
 - one record per source IP the engine judges, key ``i:<ip>``, value that IP's failure windows
-  (credential stuffing and brute force), pickled and deflated; an IP the engine forgot gets a
-  tombstone. Every partition judges every IP (failed logins are copied to all of them), so
-  these were most of the partition record while they were in it: 189 KB deflated per partition
-  after 360,000 simulated events, 44 ms to encode, rewritten every second;
+  (credential stuffing and brute force) as tuples of field values, pickled; an IP the engine
+  forgot gets a tombstone. Every partition judges every IP (failed logins are copied to all of
+  them), so these were most of the partition record while they were in it: 189 KB deflated per
+  partition after 360,000 simulated events, 44 ms to encode, rewritten every second;
 - one record per partition, key ``p:<partition>``, value the rest of the engine (the platform's
   surge window, held alerts, the shared clock) as the engine's own ``snapshot()`` with no users,
   clocks or IPs in it, plus the input offsets the whole state covers, deflated.
@@ -37,7 +37,7 @@ from typing import Any
 
 from detectors.abrupt_chat import AbruptChatState, ChatState
 from detectors.brute_force import BruteForceState
-from detectors.credential_stuffing import SourceState
+from detectors.credential_stuffing import RecentAccounts, SourceState
 from detectors.engine import DetectionEngine, UserClock, UserState
 from detectors.failed_login import FailedLoginState
 from detectors.rage_click import RageClickState
@@ -48,7 +48,7 @@ from signals.exceptions import ConfigurationError
 #: Bump when the record layout below changes (the engine's own STATE_VERSION guards the rest).
 #: 3: ids packed; 4: clocks keep due and quiet times, partition deflated; 5: IP records; 6: IP
 #: records count their accounts as they come; 7: in the window and in all they keep; 8: user
-#: records are tuples of field values, not deflated.
+#: and IP records are tuples of field values, not deflated.
 USER_RECORD_FORMAT = 8
 #: The engine's attributes that hold one entry per user, moved out into the user records.
 PER_USER_ATTRS = ("users", "clocks")
@@ -147,9 +147,6 @@ def _pickled(record: UserRecord) -> bytes:
     return pickle.dumps(_flat(record), protocol=5)
 
 
-_IP_ZDICT = pickle.dumps((SourceState(), BruteForceState()), protocol=5)
-
-
 def encode_user(record: UserRecord) -> bytes:
     """One user's state and clock as a compact record value.
 
@@ -196,17 +193,6 @@ def _get_varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _deflate(raw: bytes, zdict: bytes) -> bytes:
-    packer = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
-    return bytes([USER_RECORD_FORMAT]) + packer.compress(raw) + packer.flush()
-
-
-def _inflate(blob: bytes, what: str, zdict: bytes) -> bytes:
-    _check_format(blob, what)
-    unpacker = zlib.decompressobj(-15, zdict)
-    return unpacker.decompress(blob[1:]) + unpacker.flush()
-
-
 def decode_user(blob: bytes) -> UserRecord:
     _check_format(blob, "user record")
     return _unflat(pickle.loads(blob[1:]))
@@ -226,20 +212,48 @@ def _check_format(blob: bytes, what: str) -> None:
 IpRecord = tuple[SourceState | None, BruteForceState | None]
 
 
+_SOURCE = _values_of(SourceState)
+_BRUTE = _values_of(BruteForceState)
+
+
+def _ip_pickled(record: IpRecord) -> bytes:
+    """The record as tuples of field values (each `RecentAccounts` as its two fields), pickled:
+    as for users, 13 µs instead of 31 µs for the pickled objects."""
+    source, brute = record
+    flat_source = None
+    if source is not None:
+        flat_source = tuple(
+            (v.newest, v.heap) if isinstance(v, RecentAccounts) else v for v in _SOURCE(source)
+        )
+    return pickle.dumps((flat_source, None if brute is None else _BRUTE(brute)), protocol=5)
+
+
 def encode_ip(record: IpRecord) -> bytes:
-    """One IP's failure windows as a compact record value.
+    """One IP's failure windows as a compact record value (not deflated, as users' records).
 
     >>> record = (SourceState(failures=[(1_795_255_200_000, "u1")]), None)
     >>> blob = encode_ip(record)
-    >>> len(blob) < 60, decode_ip(blob) == record
+    >>> len(blob) < 200, decode_ip(blob) == record
     (True, True)
     """
-    return _deflate(pickle.dumps(record, protocol=5), _IP_ZDICT)
+    return _framed(_ip_pickled(record))
 
 
 def decode_ip(blob: bytes) -> IpRecord:
-    record: IpRecord = pickle.loads(_inflate(blob, "IP record", _IP_ZDICT))
-    return record
+    _check_format(blob, "IP record")
+    flat_source, flat_brute = pickle.loads(blob[1:])
+    source = None
+    if flat_source is not None:
+        values: list[Any] = [
+            RecentAccounts(*value) if accounts else value
+            for value, accounts in zip(flat_source, _SOURCE_ACCOUNTS, strict=True)
+        ]
+        source = SourceState(*values)
+    return source, None if flat_brute is None else BruteForceState(*flat_brute)
+
+
+#: Which of SourceState's fields are `RecentAccounts` (flattened to their two fields).
+_SOURCE_ACCOUNTS = [f.default_factory is RecentAccounts for f in dataclasses.fields(SourceState)]
 
 
 def user_key(user_id: str) -> bytes:
@@ -329,7 +343,7 @@ class UserChangelog:
         for user_id, record in users.items():
             self.written[user_id] = hash(_pickled(record))
         for ip, ip_record in (ips or {}).items():
-            self.written_ips[ip] = hash(pickle.dumps(ip_record, protocol=5))
+            self.written_ips[ip] = hash(_ip_pickled(ip_record))
 
     def changes(self, engine: DetectionEngine) -> list[tuple[bytes, bytes | None]]:
         out: list[tuple[bytes, bytes | None]] = []
@@ -350,9 +364,9 @@ class UserChangelog:
                 if self.written_ips.pop(ip, None) is not None:
                     out.append((ip_key(ip), None))
                 continue
-            raw = pickle.dumps(ip_record, protocol=5)
+            raw = _ip_pickled(ip_record)
             digest = hash(raw)
             if self.written_ips.get(ip) != digest:
                 self.written_ips[ip] = digest
-                out.append((ip_key(ip), _deflate(raw, _IP_ZDICT)))
+                out.append((ip_key(ip), _framed(raw)))
         return out

@@ -9,7 +9,9 @@ import orjson
 import pytest
 
 from detectors.abrupt_chat import AbruptChatState, ChatState
+from detectors.brute_force import BruteForceState
 from detectors.config import DetectionConfig
+from detectors.credential_stuffing import RecentAccounts, SourceState
 from detectors.engine import DetectionEngine, UserClock, UserState
 from detectors.failed_login import FailedLoginState
 from detectors.rage_click import RageClickState
@@ -23,6 +25,7 @@ from streams.kafka.user_state import (
     UserChangelog,
     decode_ip,
     decode_user,
+    encode_ip,
     encode_partition,
     encode_user,
     ip_key,
@@ -269,3 +272,24 @@ def test_a_user_record_of_an_older_format_is_refused_clearly() -> None:
     blob = encode_user((UserState(1_795_255_200_000), None))
     with pytest.raises(ConfigurationError, match=f"this build reads {USER_RECORD_FORMAT}"):
         decode_user(bytes([USER_RECORD_FORMAT - 1]) + blob[1:])
+
+
+def test_every_field_of_an_ips_state_survives_its_record() -> None:
+    t0 = 1_795_255_200_000
+
+    def accounts(name: str) -> RecentAccounts:
+        recent = RecentAccounts()
+        recent.add(t0, name)
+        return recent
+
+    source = SourceState(
+        [(t0, "a")], t0 + 1, t0 + 2, t0 + 3, t0 + 4, t0 + 5, [(t0, "x")], t0 + 6, t0 + 7,
+        t0 + 8, t0 + 9, accounts("a"), accounts("x"), accounts("b"), accounts("y"),
+    )  # fmt: skip
+    brute = BruteForceState([(t0, "a"), (t0 + 1, "a")], t0 + 2, t0 + 3, t0 + 4)
+    for part in (source, brute):
+        for field in dataclasses.fields(part):
+            default = field.default_factory() if callable(field.default_factory) else field.default
+            assert getattr(part, field.name) != default, f"{type(part).__name__}.{field.name}"
+    for record in [(source, brute), (source, None), (None, brute)]:
+        assert decode_ip(encode_ip(record)) == record
