@@ -598,8 +598,15 @@ class BatchDetectStage:
                 bound = self._bound(part.partition, progress)
                 while held and (held[0].ts is None or held[0].ts <= bound):
                     h = part.release()
-                    if h.event is not None:
-                        await self._route(part, h.event, h.raw, h.sent_at)
+                    event = h.event
+                    if event is not None and h.ts is not None and not needs_source_copies(event):
+                        # Most events: the partition's own, going nowhere else. Taken in here,
+                        # not through `_route`'s awaits (three coroutines an event).
+                        outputs = self._take_in(part, event, copy=False, sent_at=h.sent_at)
+                        if outputs:
+                            await self._emit(part, outputs, h.sent_at)
+                    elif event is not None:
+                        await self._route(part, event, h.raw, h.sent_at)
                     part.events_offset = h.offset
                     moved = True
                 progress[part.partition] = self._progress(part)
@@ -634,6 +641,14 @@ class BatchDetectStage:
         )
 
     async def _push(self, part: Part, event: AnyEvent, *, copy: bool, sent_at: float) -> None:
+        outputs = self._take_in(part, event, copy=copy, sent_at=sent_at)
+        if outputs:
+            await self._emit(part, outputs, sent_at)
+
+    def _take_in(
+        self, part: Part, event: AnyEvent, *, copy: bool, sent_at: float
+    ) -> list[Output] | None:
+        """The partition's engine takes the event in; what that completed, if anything."""
         engine = part.engine
         if not copy:
             self._received[event.type] += 1
@@ -655,8 +670,7 @@ class BatchDetectStage:
             self.metrics.events_duplicate.inc()
         if stats.alerts_revised_too_late > revised:
             self.metrics.security_alert_revisions_late.inc(stats.alerts_revised_too_late - revised)
-        if engine.outbox:
-            await self._emit(part, engine.drain(), sent_at)
+        return engine.drain() if engine.outbox else None
 
     # -- outputs ----------------------------------------------------------------------------------
     async def _emit(self, part: Part, outputs: list[Output], sent_at: float | None) -> None:
