@@ -192,12 +192,6 @@ class DetectionEngine:
         engine per Kafka partition every engine judges every IP (from the copies), and exactly
         one of them, the IP's own partition, raises its alerts."""
         self.config = config or DetectionConfig()
-        c = self.config
-        # Read at every event: plain attributes, not a pydantic model's (the config is frozen).
-        self._lateness = c.allowed_lateness_ms
-        self._dedup_window_ms = c.dedup_window_ms
-        self._idle_ttl_ms = c.user_idle_ttl_ms
-        self._recent_max = c.shared_clock_clients
         self._alerts_for = alerts_for
         self.rage = RageClickDetector(self.config)
         self.logins = FailedLoginDetector(self.config)
@@ -312,11 +306,7 @@ class DetectionEngine:
                 continue  # gone, or queued again at an earlier time
             clock.due_at = None
             self.changed_users.add(user_id)
-            until = clock.newest + 1
-            if floor < until:
-                until = floor
-            if until > clock.watermark:
-                self._advance_user(user_id, clock, until)
+            self._advance_user(user_id, clock, min(floor, clock.newest + 1))
             state = self.users.get(user_id)
             if state is not None and state.logins is not None and state.logins.deadline is not None:
                 self._fire_until(user_id, clock, floor)
@@ -373,6 +363,14 @@ class DetectionEngine:
         for user_id, clock, at in again:
             self._schedule_quiet(user_id, clock, at)
 
+    def _note_recent(self, user_id: str) -> None:
+        recent = self._recent
+        if user_id in recent:
+            del recent[user_id]
+        recent[user_id] = None
+        if len(recent) > self.config.shared_clock_clients:
+            del recent[next(iter(recent))]
+
     # -- input ------------------------------------------------------------------------------------
     def push(
         self, event: AnyEvent, *, source_only: bool = False, arrived_ms: int | None = None
@@ -385,9 +383,9 @@ class DetectionEngine:
         time on when it goes quiet); None in replays."""
         ts = event.ts
         user_id = event.user_id
+        lateness = self.config.allowed_lateness_ms
         clock = self.clocks.get(user_id)
-        raw_id = event.event_id
-        event_id = None if raw_id is None else event_key(raw_id)
+        event_id = None if event.event_id is None else event_key(event.event_id)
         if event_id is not None and clock is not None and event_id in clock.seen:
             self.stats.duplicates += 1
             return
@@ -413,14 +411,12 @@ class DetectionEngine:
             self.stats.late += 1
             self.outbox.append(LateEvent(event, clock.watermark))
             return
-        tiebreak = raw_id if raw_id is not None else event.model_dump_json()
-        self._seq = seq = self._seq + 1
+        tiebreak = event.event_id if event.event_id is not None else event.model_dump_json()
+        self._seq += 1
         buffer = clock.buffer
-        if (not buffer or ts < buffer[0][0]) and (clock.due_at is None or ts < clock.due_at):
-            # A new head: when the shared clock takes it (`_schedule_due`, inline: every event).
-            clock.due_at = ts
-            heapq.heappush(self._due, (ts, user_id))
-        heapq.heappush(buffer, (ts, tiebreak, seq, event))
+        if not buffer or ts < buffer[0][0]:
+            self._schedule_due(user_id, clock, ts)  # a new head: when the shared clock takes it
+        heapq.heappush(buffer, (ts, tiebreak, self._seq, event))
         self._pending.add(user_id)
         if arrived_ms is not None and (
             self._last_arrival_ms is None or arrived_ms > self._last_arrival_ms
@@ -430,20 +426,14 @@ class DetectionEngine:
             clock.newest = ts
             clock.arrived_ms = arrived_ms
             clock.virtual = None
-            recent = self._recent  # the client moves to the end; the oldest beyond the sample goes
-            recent.pop(user_id, None)
-            recent[user_id] = None
-            if len(recent) > self._recent_max:
-                del recent[next(iter(recent))]
-            if clock.quiet_at is None or ts < clock.quiet_at:
-                self._schedule_quiet(user_id, clock, ts)
-        watermark = clock.newest - self._lateness
-        if watermark > clock.watermark:
-            self._advance_user(user_id, clock, watermark)
-        self._pushes = pushes = self._pushes + 1
+            self._note_recent(user_id)
+            self._schedule_quiet(user_id, clock, ts)
+        self._advance_user(user_id, clock, clock.newest - lateness)
+        self._pushes += 1
         # The median can rise only when a watermark passes it (or a client leaves the sample);
         # it is a median of dozens, so it is recomputed every few such pushes, not at each.
         shared = self._shared
+        pushes = self._pushes
         if (
             shared is None
             or (clock.watermark > shared and pushes % SHARED_CLOCK_RISE_EVERY == 0)
@@ -632,24 +622,27 @@ class DetectionEngine:
         clock.watermark = watermark
         self.changed_users.add(user_id)
         buffer = clock.buffer
-        state = self.users.get(user_id)  # only a sweep forgets a user, never what runs here
+        users = self.users
         while buffer and buffer[0][0] < watermark:
             event = heapq.heappop(buffer)[3]
+            state = users.get(user_id)
             if state is not None and state.logins is not None and state.logins.deadline is not None:
                 self._fire_due(user_id, event.ts)
-            state = self._process(event)
+            self._process(event)
+        state = users.get(user_id)
         if state is not None and state.logins is not None and state.logins.deadline is not None:
             self._fire_due(user_id, watermark)
         seen = clock.seen
-        if seen:
-            forget_before = watermark - self._dedup_window_ms
-            if next(iter(seen.values())) < forget_before:
-                self._forget_ids(user_id, clock, forget_before)
-        if not buffer and (state is None or state.logins is None or state.logins.deadline is None):
-            # Nothing waits: the watermark is past its newest event, so a visit of the shared
-            # clock would change nothing (and its record need not say when).
-            self._pending.discard(user_id)
-            clock.due_at = None
+        forget_before = watermark - self.config.dedup_window_ms
+        if seen and next(iter(seen.values())) < forget_before:
+            self._forget_ids(user_id, clock, forget_before)
+        if not buffer:
+            state = users.get(user_id)
+            if state is None or state.logins is None or state.logins.deadline is None:
+                # Nothing waits: the watermark is past its newest event, so a visit of the
+                # shared clock would change nothing (and its record need not say when).
+                self._pending.discard(user_id)
+                clock.due_at = None
 
     def _fire_due(self, user_id: str, before_ts: int) -> None:
         """Fire the user's login deadline if it is before `before_ts` (in that user's time)."""
@@ -666,18 +659,16 @@ class DetectionEngine:
                 self._schedule_due(user_id, self.clocks[user_id], state.logins.deadline)
             # else postponed while its source is undecided: loop, the new deadline may be due
 
-    def _process(self, event: AnyEvent) -> UserState:
-        """One event of a user, in that user's time order (its user is in `changed_users`);
-        returns the user's state."""
+    def _process(self, event: AnyEvent) -> None:
+        """One event of a user, in that user's time order (its user is in `changed_users`)."""
         ts = event.ts
         user_id = event.user_id
-        users = self.users
-        state = users.get(user_id)
+        state = self.users.get(user_id)
         if state is None:
-            state = users[user_id] = UserState(ts)
+            state = self.users[user_id] = UserState(ts)
             # A user's events come in its time order: ts stays at or before its last event.
             heapq.heappush(self._idle_users, (ts, user_id))
-        elif ts - state.last_ts > self._idle_ttl_ms:
+        elif ts - state.last_ts > self.config.user_idle_ttl_ms:
             # As if the sweep had already removed it: output must not depend on sweep timing.
             state.forget_detectors()
         state.last_ts = ts
@@ -703,7 +694,6 @@ class DetectionEngine:
             signal = self.chats.learn_one(state.chats, event)
         if signal is not None:
             self._signal(state, user_id, signal)
-        return state
 
     def _raise(self, alert: SecurityAlert | None) -> None:
         if alert is None or (self._alerts_for is not None and not self._alerts_for(alert.ip)):
