@@ -110,8 +110,13 @@ async def _consume(app: web.Application) -> AsyncIterator[None]:
             try:
                 incidents = store_messages(feed, topic_of, records)
             except Exception:
-                # Not committed, so read again after a restart; the sink stays up for the queue.
-                log.exception("could not store %d messages; they will be read again", len(records))
+                # Read again from here, not after the next batch: its commit would cover these
+                # (the position is past them), and a store that failed for a while (disk full,
+                # the database locked) lost every flag polled meanwhile. The sink stays up for
+                # the queue; its consumer lag shows the wait.
+                log.exception("could not store %d messages; reading them again", len(records))
+                for tp, batch in batches.items():
+                    consumer.seek(tp, batch[0].offset)
                 await asyncio.sleep(1.0)
                 continue
             for incident in incidents:

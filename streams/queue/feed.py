@@ -196,7 +196,13 @@ class QueueFeed:
             lateness = self.settings.detection.incident_lateness_ms
             tracker.advance_watermark(idle_advance_target(self.newest_flag_ts, now, lateness))
         outputs = tracker.drain()
-        self.route_outputs(outputs)
+        try:
+            self.route_outputs(outputs)
+        except Exception:
+            # Not stored (the queue's database failed): back to the tracker's outbox, so that
+            # the sink's retry of the same messages stores them (the store is idempotent).
+            tracker.outbox[:0] = outputs
+            raise
         return [o for o in outputs if isinstance(o, Incident)]
 
     # -- output -----------------------------------------------------------------------------------

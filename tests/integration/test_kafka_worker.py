@@ -328,3 +328,36 @@ def test_a_live_outage_through_kafka_is_one_incident_in_the_queue_and_on_its_top
     ops = sink.get("/ops").text
     assert "this is the queue sink" in ops and LOGIN_OUTAGE in ops, "the same /ops page"
     assert "data-incident-id" in sink.get("/queue").text, "the same /queue page"
+
+
+def test_flags_the_queue_could_not_store_for_a_while_are_stored_once_it_can(
+    kafka_runner: KafkaRunnerEnv, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """The sink's database locked for longer than its busy timeout (5 s): storing fails. The
+    flags polled meanwhile used to be lost once a later batch committed past them."""
+    import sqlite3
+
+    from kafka import KafkaProducer
+
+    flags, _, _ = replay_lines(stream_lines(200, seed=44))
+    final = {f["flag_id"]: f["update"] for f in flags}  # the queue keeps the highest update
+    assert len(final) >= 3
+    sink = service_factory(env=kafka_runner.env, command_name="queue-sink", workdir=tmp_path / "q")
+    producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
+    topic = kafka_runner.topics["flags"]
+    lock = sqlite3.connect(sink.db, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        for flag in flags[:-1]:
+            producer.send(topic, orjson.dumps(flag), flag["user_id"].encode())
+        producer.flush()
+        sink.wait_for(lambda: "could not store" in sink.log(), 30, 0.5, "the sink to fail to store")
+        lock.execute("ROLLBACK")
+        last = flags[-1]  # a later batch, stored and committed: it must not cover the failed one
+        producer.send(topic, orjson.dumps(last), last["user_id"].encode())
+        producer.flush()
+    finally:
+        lock.close()
+        producer.close()
+    sink.wait_for(lambda: len(sink.flags()) == len(final), 60, 0.5, "every flag in the queue")
+    assert {f["flag_id"]: f["update"] for f in sink.flags()} == final
