@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,15 +204,18 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stage = stage
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        try:
-            await self.stage.on_revoked(revoked)
-        except Exception as exc:
-            self.stage.failure = exc
-            raise
+        await self._run(self.stage.on_revoked, revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._run(self.stage.on_assigned, assigned)
+
+    async def _run(
+        self,
+        callback: Callable[[Iterable[TopicPartition]], Awaitable[None]],
+        partitions: Iterable[TopicPartition],
+    ) -> None:
         try:
-            await self.stage.on_assigned(assigned)
+            await callback(partitions)
         except Exception as exc:
             self.stage.failure = exc
             raise
