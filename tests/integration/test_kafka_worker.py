@@ -361,3 +361,4 @@ def test_flags_the_queue_could_not_store_for_a_while_are_stored_once_it_can(
         producer.close()
     sink.wait_for(lambda: len(sink.flags()) == len(final), 60, 0.5, "every flag in the queue")
     assert {f["flag_id"]: f["update"] for f in sink.flags()} == final
+    assert sink.metrics()["frustration_queue_store_failures_total"] >= 1, "what pages the SRE"

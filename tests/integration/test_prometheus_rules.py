@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "FrustrationProcessingBehind",
     "FrustrationPartitionStalled",
     "FrustrationQueueBacklog",
+    "FrustrationQueueSinkCannotStore",
     "FrustrationCredentialStuffing",
     "FrustrationLoginAttack",
     "FrustrationAccountScan",

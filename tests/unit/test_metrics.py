@@ -56,6 +56,7 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = 
     "frustration_tracked_users": ("gauge", (), {}),
     "frustration_queue_items": ("gauge", ("status",), {"status": QUEUE_STATUSES}),
     "frustration_queue_oldest_open_age_seconds": ("gauge", (), {}),
+    "frustration_queue_store_failures_total": ("counter", (), {}),
     "frustration_ingest_requests_total": ("counter", ("code",), {"code": INGEST_CODES}),
     "frustration_consumer_lag_messages": ("gauge", (), {}),
     "frustration_partition_input_lag_messages": ("gauge", ("partition",), {}),
