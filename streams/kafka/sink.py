@@ -75,9 +75,12 @@ def store_messages(feed: QueueFeed, topic_of: dict[str, str], records: list[Any]
                 }
             )
     feed.route_outputs(alerts)
+    incidents = feed.track_incidents(flags)
+    # Last, in one transaction: the only write that is not idempotent, so a batch that failed
+    # before it and is read again (`_consume`) does not keep its dead letters twice.
     if bad:
         feed.store.add_dead_letters(bad)
-    return feed.track_incidents(flags)
+    return incidents
 
 
 async def _consume(app: web.Application) -> AsyncIterator[None]:
