@@ -544,7 +544,13 @@ class BatchDetectStage:
                 if int(source) not in self.parts:
                     self.remote_progress[int(source)] = float(value)
             return
-        event = parse_event(record.value or b"", self.settings.max_event_bytes)
+        raw = record.value or b""
+        try:
+            event = parse_event(raw, self.settings.max_event_bytes)
+        except InvalidEvent as exc:  # a worker of another build (limits) or a stray writer
+            self.metrics.event_invalid(exc.reason)
+            await self._dead_letter(dead_letter_record(raw, exc, source="kafka:by-user"))
+            return
         copy = COPY_HEADER in headers
         await self._push(part, event, copy=copy, sent_at=record.timestamp / 1000)
         if not copy:

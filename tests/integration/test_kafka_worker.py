@@ -228,7 +228,7 @@ def test_bad_messages_land_in_the_dead_letter_topic_with_their_reason(
         orjson.dumps({**good, "ts": "yesterday"}),
         orjson.dumps(good),
     ]
-    kafka_runner.start_worker("worker-a")
+    worker = kafka_runner.start_worker("worker-a")
     kafka_runner.produce(lines)
 
     def dead() -> list[dict[str, Any]]:
@@ -244,6 +244,20 @@ def test_bad_messages_land_in_the_dead_letter_topic_with_their_reason(
     )
     assert all(r["source"] == "kafka" and r["sha256"] for r in records)
     assert all("not json" not in orjson.dumps(r).decode() for r in records), "content not kept"
+
+    # The workers' own by-user topic: a record there that does not parse (written by a worker
+    # of another build, or by mistake) is dead-lettered too, not a crash on every restart.
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
+    try:
+        producer.send(f"app-{kafka_runner.suffix}-events-by-user", b"{", partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    wait_for(lambda: len(dead()) >= 5, 60, "a dead letter from the by-user topic")
+    assert [r["reason"] for r in dead() if r["source"] == "kafka:by-user"] == ["not_json"]
+    assert worker.process.poll() is None, "the worker is still running"
 
 
 def test_worker_serves_faust_and_frustration_metrics(kafka_runner: KafkaRunnerEnv) -> None:
