@@ -539,10 +539,15 @@ class BatchDetectStage:
     async def _take_hop(self, part: Part, record: Any) -> None:
         headers = dict(record.headers or ())
         if PROGRESS_HEADER in headers:
-            for pair in headers[PROGRESS_HEADER].decode().split(","):
-                source, _, value = pair.partition(":")
-                if int(source) not in self.parts:
-                    self.remote_progress[int(source)] = float(value)
+            try:
+                marks = [pair.split(":") for pair in headers[PROGRESS_HEADER].decode().split(",")]
+                progress = {int(source): float(value) for source, value in marks}
+            except ValueError:  # not one of ours: no event in it, nothing to count
+                log.warning("ignored a malformed progress mark on partition %d", part.partition)
+                return
+            for source, value in progress.items():
+                if source not in self.parts:
+                    self.remote_progress[source] = value
             return
         raw = record.value or b""
         try:

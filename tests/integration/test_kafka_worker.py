@@ -251,7 +251,10 @@ def test_bad_messages_land_in_the_dead_letter_topic_with_their_reason(
 
     producer = KafkaProducer(bootstrap_servers=kafka_runner.bootstrap)
     try:
-        producer.send(f"app-{kafka_runner.suffix}-events-by-user", b"{", partition=0)
+        hop = f"app-{kafka_runner.suffix}-events-by-user"
+        mark = [("frustration-progress", b"3:not-a-time")]  # read before the record after it
+        producer.send(hop, b"", partition=0, headers=mark)
+        producer.send(hop, b"{", partition=0)
         producer.flush()
     finally:
         producer.close()
