@@ -124,6 +124,10 @@ class QueueFeed:
         # The queue sink's incident stage (track_incidents): newest flag time, when it came.
         self.newest_flag_ts: int | None = None
         self.last_flag_wall = time.time()
+        # Outputs the store failed to take (its database locked past the busy timeout, a full
+        # disk), first in line at the next `route_outputs`: the engine and the tracker made
+        # them once and will not again.
+        self.unstored: list[Output | Incident] = []
 
     # -- input ------------------------------------------------------------------------------------
     def note_batch(self, events: Sequence[AnyEvent], at: float) -> None:
@@ -195,54 +199,59 @@ class QueueFeed:
         ):
             lateness = self.settings.detection.incident_lateness_ms
             tracker.advance_watermark(idle_advance_target(self.newest_flag_ts, now, lateness))
-        outputs = tracker.drain()
-        try:
-            self.route_outputs(outputs)
-        except Exception:
-            # Not stored (the queue's database failed): back to the tracker's outbox, so that
-            # the sink's retry of the same messages stores them (the store is idempotent).
-            tracker.outbox[:0] = outputs
-            raise
-        return [o for o in outputs if isinstance(o, Incident)]
+        stored = self.route_outputs(tracker.drain())
+        return [o for o in stored if isinstance(o, Incident)]
 
     # -- output -----------------------------------------------------------------------------------
-    def route_outputs(self, outputs: Sequence[Output | Incident]) -> None:
-        """Flags, alerts, incidents, signals and late events into the queue and the metrics."""
-        if not outputs:
-            return
+    def route_outputs(self, outputs: Sequence[Output | Incident]) -> list[Output | Incident]:
+        """Flags, alerts, incidents, signals and late events into the queue and the metrics,
+        after any the store failed to take before; returns what was routed. When the store
+        fails, what it has not taken waits in `unstored` and the error is raised."""
+        pending = [*self.unstored, *outputs]
+        self.unstored = []
+        done = 0
+        late: list[LateEvent] = []
+        try:
+            for out in pending:
+                if isinstance(out, LateEvent):
+                    late.append(out)  # their dead letters go in together, below
+                else:
+                    self._route_one(out)
+                done += 1
+            if late:
+                self.store.add_dead_letters([late_record(e) for e in late])
+                self.metrics.events_late.inc(len(late))
+        except Exception:
+            self.unstored = [*late, *pending[done:]]
+            raise
+        return pending
+
+    def _route_one(self, out: Output | Incident) -> None:
         now = time.time()
-        late = []
-        for out in outputs:
-            if isinstance(out, Flag):
-                change = self.store.write_flag(out)
-                if change is None:
-                    continue
-                if (change.new or change.escalated) and self.counts_flags:
-                    if out.update == 0:
-                        self.metrics.flag_opened(out.severity)
-                    else:
-                        self.metrics.flag_escalated(out.severity)
-                    self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
-                if change.grouped_into is not None:
-                    self.metrics.incident_flag_grouped(cause_signal(out).kind)
-            elif isinstance(out, Incident):
-                self._incident(out)
-            elif isinstance(out, Signal):
-                self.metrics.signal(out.kind)
-                self.activity.signals.append((now, out.kind))
-                e = out.evidence
-                if isinstance(e, RageClickEvidence):
-                    control = UNTARGETED if e.target is None else e.label or e.target
-                    self.activity.add_rage(now, e.page or "(page not sent)", control)
-            elif isinstance(out, SecurityAlert):
-                if self.store.add_alert(out) and self.counts_flags:
-                    self.metrics.security_alert(out.kind)
-                    log.warning("credential stuffing alert %s", out.alert_id)
-            elif isinstance(out, LateEvent):
-                self.metrics.events_late.inc()
-                late.append(late_record(out))
-        if late:
-            self.store.add_dead_letters(late)
+        if isinstance(out, Flag):
+            change = self.store.write_flag(out)
+            if change is None:
+                return
+            if (change.new or change.escalated) and self.counts_flags:
+                if out.update == 0:
+                    self.metrics.flag_opened(out.severity)
+                else:
+                    self.metrics.flag_escalated(out.severity)
+                self.metrics.flag_latency_seconds.observe(max(0.0, now - self._receipt(out)))
+            if change.grouped_into is not None:
+                self.metrics.incident_flag_grouped(cause_signal(out).kind)
+        elif isinstance(out, Incident):
+            self._incident(out)
+        elif isinstance(out, Signal):
+            self.metrics.signal(out.kind)
+            self.activity.signals.append((now, out.kind))
+            e = out.evidence
+            if isinstance(e, RageClickEvidence):
+                control = UNTARGETED if e.target is None else e.label or e.target
+                self.activity.add_rage(now, e.page or "(page not sent)", control)
+        elif isinstance(out, SecurityAlert) and self.store.add_alert(out) and self.counts_flags:
+            self.metrics.security_alert(out.kind)
+            log.warning("credential stuffing alert %s", out.alert_id)
 
     def _incident(self, incident: Incident) -> None:
         change = self.store.write_incident(incident)

@@ -563,6 +563,30 @@ def test_quiet_period_does_not_push_event_time_ahead(service_factory: ServiceFac
     assert service.get("/v1/dead-letters").json()["dead_letters"] == []
 
 
+def test_a_flag_made_while_the_queue_database_was_locked_is_stored_once_it_is_free(
+    service_factory: ServiceFactory,
+) -> None:
+    """Another writer holds the queue's SQLite database past the 5 s busy timeout while a rage
+    burst completes: writing the flag fails. The engine and the incident tracker make a flag
+    once, so it used to be lost; it now waits and is stored at the next housekeeping."""
+    import sqlite3
+
+    service = service_factory()
+    lock = sqlite3.connect(service.db, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        service.post_events(burst("locked-out-of-the-queue", now_ms()))
+        service.wait_for(
+            lambda: "database is locked" in service.log(), 30, 0.5, "a failed queue write"
+        )
+        assert flags_of(service, "locked-out-of-the-queue") == []
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_flag(service, "locked-out-of-the-queue")
+    assert service.get("/readyz").status == 200
+
+
 # -- privacy of metrics and logs -------------------------------------------------------------------
 def test_no_user_id_in_metrics_or_log(service_factory: ServiceFactory) -> None:
     service = service_factory(env={"FRUSTRATION_IDLE_ADVANCE_S": "0.5"})
