@@ -34,7 +34,7 @@ frustration_flag_latency_seconds            histogram  -                   recei
 frustration_tracked_users                   gauge      -                   users with state
 frustration_queue_items                     gauge      status              queue items by status
 frustration_queue_oldest_open_age_seconds   gauge      -                   oldest open item age
-frustration_queue_store_failures_total      counter    -                   sink could not store
+frustration_queue_store_failures_total      counter    -                   queue write failed
 frustration_ingest_requests_total           counter    code                HTTP ingest responses
 frustration_consumer_lag_messages           gauge      -                   Kafka consumer lag
 frustration_partition_input_lag_messages    gauge      partition           unread, per partition
@@ -347,8 +347,8 @@ class FrustrationMetrics:
         )
         self.queue_store_failures = Counter(
             "frustration_queue_store_failures_total",
-            "Kafka queue sink: batches of flag and alert messages it failed to store in the "
-            "support queue (read again a second later).",
+            "Failed attempts to write outputs to the support queue (what was not written is "
+            "written at the next attempt).",
             registry=reg,
         )
         self.ingest_requests = Counter(

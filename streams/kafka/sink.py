@@ -118,7 +118,6 @@ async def _consume(app: web.Application) -> AsyncIterator[None]:
                 # the database locked) lost every flag polled meanwhile. The sink stays up for
                 # the queue; its consumer lag shows the wait.
                 log.exception("could not store %d messages; reading them again", len(records))
-                feed.metrics.queue_store_failures.inc()
                 for tp, batch in batches.items():
                     consumer.seek(tp, batch[0].offset)
                 await asyncio.sleep(1.0)

@@ -223,6 +223,7 @@ class QueueFeed:
                 self.metrics.events_late.inc(len(late))
         except Exception:
             self.unstored = [*late, *pending[done:]]
+            self.metrics.queue_store_failures.inc()
             raise
         return pending
 

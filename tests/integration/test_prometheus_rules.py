@@ -41,7 +41,7 @@ EXPECTED_ALERTS = {
     "FrustrationProcessingBehind",
     "FrustrationPartitionStalled",
     "FrustrationQueueBacklog",
-    "FrustrationQueueSinkCannotStore",
+    "FrustrationQueueCannotStore",
     "FrustrationCredentialStuffing",
     "FrustrationLoginAttack",
     "FrustrationAccountScan",

@@ -585,6 +585,7 @@ def test_a_flag_made_while_the_queue_database_was_locked_is_stored_once_it_is_fr
         lock.close()
     wait_flag(service, "locked-out-of-the-queue")
     assert service.get("/readyz").status == 200
+    assert service.metrics()["frustration_queue_store_failures_total"] >= 1, "what pages the SRE"
 
 
 # -- privacy of metrics and logs -------------------------------------------------------------------
